@@ -1,0 +1,42 @@
+"""Shared fixtures. Real-data tests find OSIE at ../shared/data (or $DISSECT_DATA) and skip with a
+reason where it is absent; everything else runs on synthetic data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DISSECT_DATA", ROOT.parent / "shared" / "data"))
+OSIE = DATA / "osie"
+OSIE_REGIONS = DATA / "osie_regions"
+
+
+@pytest.fixture(scope="session")
+def osie_root() -> Path:
+    if not (OSIE / "data" / "eye" / "fixations.mat").is_file():
+        pytest.skip(f"OSIE not found at {OSIE} (set DISSECT_DATA to the folder holding osie/)")
+    return OSIE
+
+
+@pytest.fixture(scope="session")
+def osie_regions_root() -> Path:
+    if not (OSIE_REGIONS / "regions.csv").is_file():
+        pytest.skip(f"OSIE regions not found at {OSIE_REGIONS}")
+    return OSIE_REGIONS
+
+
+@pytest.fixture(scope="session")
+def osie(osie_root):
+    from dissect.data import load_osie
+
+    return load_osie(osie_root)
+
+
+@pytest.fixture(scope="session")
+def osie_regions(osie_regions_root, osie):
+    from dissect.data import load_regions
+
+    return load_regions(osie_regions_root, dataset=osie)
