@@ -1,0 +1,57 @@
+"""Provenance of each stage run: parameters, input hashes, package versions, date and duration.
+
+Every stage writes ``<work>/provenance/<stage>.json``; the report gathers them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("dissect", "torch", "numpy", "scipy", "pandas", "xarray", "zarr", "dask",
+            "statsmodels", "seaborn", "opencv-contrib-python-headless", "dvc")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def hash_files(paths, *, chunk: int = 1 << 20) -> str:
+    """sha256 (16 hex) over the names and bytes of files, in sorted order."""
+    h = hashlib.sha256()
+    for p in sorted(Path(p) for p in paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def stage_record(work: Path, stage: str, params: dict[str, Any] | None = None):
+    """Time a stage and write its provenance record; yields a dict the stage may add to."""
+    record: dict[str, Any] = {
+        "stage": stage,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "params": params or {},
+        "versions": versions(),
+    }
+    t0 = time.perf_counter()
+    yield record
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    out = Path(work) / "provenance" / f"{stage}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, default=str))
