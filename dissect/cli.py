@@ -1,0 +1,91 @@
+"""``dissect <stage>``: one small command per pipeline stage (see ``pipelines/dvc.yaml``).
+
+Every stage reads ``--params`` (default ``pipelines/params.yaml``), accepts ``--set key=value``
+overrides (dotted keys, YAML values) and ``--scheduler`` (a dask.distributed address; default
+from params ``dask.scheduler`` or ``$DISSECT_SCHEDULER``; none = local threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import time
+
+import yaml
+
+from dissect.errors import DissectError
+
+STAGES: dict[str, tuple[str, str]] = {
+    # name: (module in dissect.stages, one-line help)
+    "prepare": ("prepare", "validate OSIE + regions, create the seeded split, write a manifest"),
+    "extract": ("extract", "cache activations of the pretrained trunk (Zarr)"),
+    "train": ("train", "train saliency readouts: setup I (k=0) and setup II (top k fine-tuned)"),
+    "extract-finetuned": ("extract", "cache activations of every trained readout's trunk"),
+    "associate": ("associate", "unit x region NSS (Eq. 1) for every cached model"),
+    "statistics": ("statistics", "category statistics with null and CIs: Tables 2-3, Fig. 4"),
+    "inner-output": ("inner_output", "output saliency OS / OD (Eqs. 2-3), Spearman, ANOVA, Tukey"),
+    "popout-arrays": ("popout", "generate the pop-out search arrays with exact masks"),
+    "popout": ("popout", "NMM (Eq. 4) of classical models, readouts and inner units: Tables 4-6"),
+    "scene": ("scene", "scene-recognition fine-tuning and pt/sp/sr comparison: Tables 7-8"),
+    "figures": ("figures", "all figures from the committed tables and caches"),
+    "report": ("report", "results/report.md (+ HTML) with provenance"),
+}
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dissect", description="Unit-by-unit dissection of deep saliency models (stages)."
+    )
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, (_, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", default=None, help="params.yaml (default pipelines/params.yaml)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a parameter, e.g. --set stats.threshold=2.0")
+        p.add_argument("--scheduler", default=None,
+                       help="dask.distributed scheduler address (default: local threads)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from dissect.config import load_params
+
+    overrides = _parse_set(args.set)
+    scheduler = args.scheduler or os.environ.get("DISSECT_SCHEDULER")
+    if scheduler:
+        overrides["dask.scheduler"] = scheduler
+    if args.quiet:
+        overrides["progress"] = False
+    module_name, _ = STAGES[args.stage]
+    module = importlib.import_module(f"dissect.stages.{module_name}")
+    run = getattr(module, "run_" + args.stage.replace("-", "_"))
+    t0 = time.perf_counter()
+    try:
+        params = load_params(args.params, overrides)
+        run(params)
+    except DissectError as exc:
+        print(f"dissect {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"dissect {args.stage}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
