@@ -180,7 +180,12 @@ def load_associations(path: str | Path, layers: Iterable[str] | None = None) -> 
     out = {}
     for layer in names:
         ds = xr.open_zarr(path, group=f"assoc/{layer}", consolidated=False)
-        out[layer] = ds["nss"].load()
+        da = ds["nss"].load()
+        # Zarr v3 gives numpy StringDType; make the labels plain str arrays
+        out[layer] = da.assign_coords(
+            {c: ("region", np.array(da[c].values.tolist(), dtype=str))
+             for c in ("image", "category")}
+        )
     if layers is None:
         first = xr.open_zarr(path, group=f"assoc/{names[0]}", consolidated=False)
         order = first.attrs.get("layers", names)

@@ -1,0 +1,51 @@
+"""Stage ``associate``: unit × region NSS (He et al. Eq. 1) for every cached model, stored as
+Zarr (``work/assoc/<model>.zarr``) plus a tidy CSV of each unit's per-category mean."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from dissect.config import Params
+from dissect.provenance import stage_record
+from dissect.stages import common
+
+log = logging.getLogger("dissect.associate")
+
+
+def unit_means_table(assoc: dict) -> pd.DataFrame:
+    """Tidy ``layer, unit, category, mean_nss, n_defined`` from ``{layer: DataArray}``."""
+    from dissect.statistics import category_means
+
+    frames = []
+    for layer, da in assoc.items():
+        m, n = category_means(da)
+        df = m.to_dataframe(name="mean_nss").reset_index()
+        df["n_defined"] = n.values.ravel()
+        df.insert(0, "layer", layer)
+        frames.append(df[["layer", "unit", "category", "mean_nss", "n_defined"]])
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_associate(params: Params) -> None:
+    from dissect.association import associate, save_associations
+
+    d = params["data"]
+    with stage_record(params.work, "associate", {"data.drop_first": d["drop_first"]}) as rec:
+        dataset, regions = common.inputs(params)
+        ids = common.ids_of(params, "heldout")
+        models = sorted({common.trunk_model(m) for m in common.model_names(params)},
+                        key=common.model_names(params).index)
+        with common.scheduler(params) as client:
+            for model in models:
+                store = common.work(params, "act", f"{model}.zarr")
+                log.info("associations of %s", model)
+                assoc = associate(store, dataset, regions, image_ids=ids,
+                                  drop_first=bool(d["drop_first"]),
+                                  chunk_images=int(params["dask"]["chunk_images"]),
+                                  scheduler=client)
+                save_associations(assoc, common.work(params, "assoc", f"{model}.zarr"))
+                unit_means_table(assoc).to_csv(
+                    common.work(params, "assoc", f"{model}_unit_means.csv"), index=False)
+                rec[model] = {layer: list(da.shape) for layer, da in assoc.items()}

@@ -1,0 +1,72 @@
+"""Stages ``extract`` and ``extract-finetuned``: cache unit activations of the held-out images in
+Zarr (:mod:`dissect.cache`), one Dask task per image batch.
+
+``extract`` caches every analysed layer of the pretrained trunk ('pt'); ``extract-finetuned``
+caches the last trunk layer of every readout whose trunk was fine-tuned (k ≥ 1; setup I, k = 0,
+keeps the pretrained trunk and reuses 'pt').
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import dask
+
+from dissect.config import Params
+from dissect.provenance import stage_record
+from dissect.stages import common
+
+log = logging.getLogger("dissect.extract")
+
+
+def extract_store(params: Params, dataset, backbone, layers, store: Path) -> Path:
+    """Fill ``store`` batch by batch as Dask tasks (resumes a partial store)."""
+    from tqdm.dask import TqdmCallback
+
+    from dissect.cache import extract_batch, prepare_cache
+
+    e = params["extract"]
+    plan = prepare_cache(dataset, backbone, list(layers), store, batch_size=int(e["batch_size"]),
+                         dtype=e["dtype"], overwrite=bool(e.get("overwrite", False)))
+    pending = plan.pending()
+    log.info("%s: %d of %d batches to compute", store.name, len(pending), plan.n_batches)
+    tasks = [dask.delayed(extract_batch)(plan, b, dataset, backbone, force=True) for b in pending]
+    with common.scheduler(params) as client:
+        # locally one worker: torch already uses every core inside a batch
+        kw = {} if client is not None else {"scheduler": "threads", "num_workers": 1}
+        with TqdmCallback(desc=f"extract {store.stem}", disable=not common.progress(params)):
+            dask.compute(*tasks, **kw)
+    return store
+
+
+def run_extract(params: Params) -> Path:
+    b = params["backbone"]
+    with stage_record(params.work, "extract", {"backbone": b, "extract": params["extract"]}) as rec:
+        dataset, _ = common.inputs(params)
+        ids = common.ids_of(params, "heldout")
+        bb = common.backbone(params)
+        store = common.work(params, "act", "pt.zarr")
+        extract_store(params, dataset.subset(ids), bb, b["layers"], store)
+        rec.update(weights_id=bb.weights_id, n_images=len(ids), store=str(store))
+    return store
+
+
+def run_extract_finetuned(params: Params) -> list[Path]:
+    from dissect.readout import load_readout
+
+    last = params["backbone"]["layers"][-1]
+    out = []
+    with stage_record(params.work, "extract-finetuned", {"train": params["train"]}) as rec:
+        dataset, _ = common.inputs(params)
+        ids = common.ids_of(params, "heldout")
+        base = common.backbone(params)
+        for model in common.model_names(params)[1:]:
+            if common.trunk_model(model) == "pt":
+                continue
+            readout = load_readout(common.work(params, "readouts", model, "model.pt"), base)
+            store = common.work(params, "act", f"{model}.zarr")
+            extract_store(params, dataset.subset(ids), readout.trunk_backbone(), [last], store)
+            out.append(store)
+        rec["stores"] = [str(p) for p in out]
+    return out
