@@ -54,6 +54,7 @@ def run_extract(params: Params) -> Path:
 
 def run_extract_finetuned(params: Params) -> list[Path]:
     from dissect.readout import load_readout
+    from dissect.task_compare import finetuned_trunk
 
     last = params["backbone"]["layers"][-1]
     out = []
@@ -64,9 +65,10 @@ def run_extract_finetuned(params: Params) -> list[Path]:
         for model in common.model_names(params)[1:]:
             if common.trunk_model(model) == "pt":
                 continue
-            readout = load_readout(common.work(params, "readouts", model, "model.pt"), base)
+            readout, _ = load_readout(common.work(params, "readouts", model, "model.pt"), base)
             store = common.work(params, "act", f"{model}.zarr")
-            extract_store(params, dataset.subset(ids), readout.trunk_backbone(), [last], store)
+            extract_store(params, dataset.subset(ids), finetuned_trunk(readout, model), [last],
+                          store)
             out.append(store)
         rec["stores"] = [str(p) for p in out]
     return out

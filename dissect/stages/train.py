@@ -1,0 +1,59 @@
+"""Stage ``train``: saliency readouts on the training split (He et al. §3): setup I (k = 0, trunk
+frozen, only the 1×1 readout learns) and setup II (the top k trunk stages fine-tuned with the
+readout), each run from the same pretrained weights, trained with −NSS, early-stopped on a
+validation slice of the training images (the held-out split is never seen)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+
+from dissect.config import Params
+from dissect.provenance import stage_record
+from dissect.stages import common
+
+log = logging.getLogger("dissect.train")
+
+
+def run_train(params: Params) -> pd.DataFrame:
+    from dissect.training import split_train_val, train_readout
+
+    t = params["train"]
+    with stage_record(params.work, "train", {"train": t}) as rec:
+        dataset, _ = common.inputs(params)
+        train_ids = common.ids_of(params, "train")
+        heldout = common.ids_of(params, "heldout")
+        fit_ids, val_ids = split_train_val(train_ids, float(t["val_fraction"]), int(t["seed"]))
+        bb = common.backbone(params)
+        curves, summary = [], {"n_stages": len(bb.stages), "stages": bb.stage_names, "models": {}}
+        for k in t["ks"]:
+            name = f"k{k}"
+            folder = common.work(params, "readouts", name, "model.pt").parent
+            log.info("training %s (%d train / %d validation images)", name, len(fit_ids),
+                     len(val_ids))
+            res = train_readout(
+                bb, dataset, fit_ids, val_ids, k,
+                epochs=int(t["epochs"]), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]),
+                batch_size=int(t["batch_size"]), seed=int(t["seed"]), patience=int(t["patience"]),
+                drop_first=bool(params["data"]["drop_first"]), heldout_ids=heldout,
+                cache_dir=common.work(params, "prefix_cache"), log_path=folder / "history.csv",
+                checkpoint_path=folder / "model.pt",
+            )
+            h = res.history.copy()
+            h.insert(0, "model", name)
+            curves.append(h)
+            summary["models"][name] = {
+                "k": k, "best_epoch": int(res.best_epoch), "best_val_nss": float(res.best_val_nss),
+                "epochs_run": int(len(h)), "seconds": float(h["seconds"].sum()),
+                "cache_seconds": float(res.cache_seconds),
+                "tuned_stages": res.model.tuned_stage_names,
+            }
+            log.info("%s: best validation NSS %.3f at epoch %d", name, res.best_val_nss,
+                     res.best_epoch)
+        history = pd.concat(curves, ignore_index=True)
+        history.to_csv(common.results(params, "tables", "training_curves.csv"), index=False)
+        common.work(params, "train", "summary.json").write_text(json.dumps(summary, indent=2))
+        rec.update(summary)
+    return history
