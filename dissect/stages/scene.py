@@ -1,0 +1,111 @@
+"""Stage ``scene``: task vs data (He et al. §8). The same pretrained trunk fine-tuned on the
+same training images for saliency (sp: the readout with the last stage tuned, k = 1) and for
+scene recognition (sr: last stage + 3 FC layers, class-weighted cross-entropy), compared with
+the pretrained trunk (pt) on the held-out images:
+- scene accuracy, per-class recall, confusion matrix;
+- Table 7: per category the top-k mean NSS and the number of units above T (last trunk layer);
+- paired sign-flip permutation test over categories of |sp − pt| vs |sr − pt|;
+- Table 8: NSS of the mean of all last-layer maps, scene classified correctly vs wrongly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+
+from dissect.config import Params
+from dissect.provenance import stage_record
+from dissect.stages import common
+
+log = logging.getLogger("dissect.scene")
+
+
+def run_scene(params: Params) -> None:
+    from dissect.association import associate, save_associations
+    from dissect.data.scenes import load_scenes
+    from dissect.readout import load_readout
+    from dissect.scene import evaluate_scene_model, save_scene_model, train_scene_model
+    from dissect.statistics import category_statistics
+    from dissect.tables import write_table
+    from dissect.task_compare import (
+        finetuned_trunk,
+        paired_deltas,
+        paired_permutation_test,
+        per_image_mean_nss,
+        table8,
+    )
+    from dissect.training import split_train_val
+
+    sc, st = params["scene"], params["stats"]
+    last = params["backbone"]["layers"][-1]
+    res = lambda name: common.results(params, "tables", name)  # noqa: E731
+    with stage_record(params.work, "scene", {"scene": sc, "stats": st}) as rec:
+        dataset, regions = common.inputs(params)
+        labels = load_scenes(params.path(params["data"]["scenes"]),
+                             min_images=int(sc["min_images"]), dataset=dataset)
+        train_ids = [i for i in common.ids_of(params, "train") if i in set(labels.ids)]
+        heldout = [i for i in common.ids_of(params, "heldout") if i in set(labels.ids)]
+        fit_ids, val_ids = split_train_val(train_ids, float(params["train"]["val_fraction"]),
+                                           int(params["train"]["seed"]))
+        base = common.backbone(params)
+        result = train_scene_model(
+            base, dataset, labels, fit_ids, val_ids, epochs=int(sc["epochs"]), lr=float(sc["lr"]),
+            batch_size=int(sc["batch_size"]), seed=int(sc["seed"]), patience=int(sc["patience"]),
+            cache_dir=common.work(params, "prefix_cache"),
+            log_path=common.work(params, "scene", "history.csv"),
+        )
+        save_scene_model(result.model, common.work(params, "scene", "model.pt"))
+        acc, recall, cm, preds = evaluate_scene_model(result.model, dataset, labels, heldout,
+                                                      cache_dir=common.work(params, "prefix_cache"))
+        write_table(pd.DataFrame([{"accuracy": acc, "n_heldout": len(heldout),
+                                   "n_classes": len(result.classes),
+                                   "dropped": json.dumps(labels.dropped),
+                                   "best_epoch": result.best_epoch}]), res("scene_accuracy"))
+        write_table(recall, res("scene_recall"))
+        write_table(cm.reset_index(), res("scene_confusion"))
+        preds.to_csv(common.work(params, "scene", "predictions.csv"), index=False)
+        log.info("scene accuracy on %d held-out images: %.3f", len(heldout), acc)
+
+        # the three trunks; sr's last layer cached and associated like the others
+        sp_model, _ = load_readout(common.work(params, "readouts", "k1", "model.pt"), base)
+        trunks = {"pt": base, "sp": finetuned_trunk(sp_model, "sp"),
+                  "sr": result.model.trunk_backbone()}
+        from dissect.stages.extract import extract_store
+
+        sr_store = common.work(params, "act", "sr.zarr")
+        extract_store(params, dataset.subset(common.ids_of(params, "heldout")), trunks["sr"],
+                      [last], sr_store)
+        with common.scheduler(params) as client:
+            sr_assoc = associate(sr_store, dataset, regions,
+                                 drop_first=bool(params["data"]["drop_first"]), scheduler=client)
+        save_associations(sr_assoc, common.work(params, "assoc", "sr.zarr"))
+
+        from dissect.association import load_associations
+
+        stats = []
+        for name, model in (("pt", "pt"), ("sp", "k1"), ("sr", "sr")):
+            assoc = load_associations(common.work(params, "assoc", f"{model}.zarr"), [last])
+            df = category_statistics(assoc, k=int(st["top_k"]), threshold=float(st["threshold"]),
+                                     n_null=int(st["n_null"]), n_boot=int(st["n_boot"]),
+                                     seed=int(st["seed"]))
+            df.insert(0, "model", name)
+            stats.append(df)
+        t7 = pd.concat(stats, ignore_index=True)
+        write_table(t7, res("table7_task_statistics"))
+        top = f"top{int(st['top_k'])}_mean"
+        tests = []
+        for stat in (top, "count_above_T"):
+            deltas = paired_deltas(t7[t7["stat"] == stat], "category")
+            t = paired_permutation_test(deltas["sp"], deltas["sr"], seed=int(st["seed"]))
+            t.insert(0, "stat", stat)
+            tests.append(t)
+        write_table(pd.concat(tests, ignore_index=True), res("task_permutation_test"))
+
+        correct = preds.set_index("image")["correct"]
+        per_image = per_image_mean_nss(trunks, dataset, heldout, correct=correct,
+                                       drop_first=bool(params["data"]["drop_first"]))
+        per_image.to_csv(common.work(params, "scene", "mean_map_nss.csv"), index=False)
+        write_table(table8(per_image), res("table8_mean_map_nss"))
+        rec.update(accuracy=acc, n_heldout=len(heldout))
