@@ -39,7 +39,7 @@ def run_associate(params: Params) -> None:
                         key=common.model_names(params).index)
         with common.scheduler(params) as client:
             for model in models:
-                store = common.work(params, "act", f"{model}.zarr")
+                store = common.act_store(params, model)
                 log.info("associations of %s", model)
                 assoc = associate(store, dataset, regions, image_ids=ids,
                                   drop_first=bool(d["drop_first"]),

@@ -69,7 +69,8 @@ def backbone(params: Params):
     from dissect.backbones import load_backbone
 
     b = params["backbone"]
-    return load_backbone(b["name"], weights=b["weights"], checkpoint=params.path(b.get("checkpoint")))
+    return load_backbone(b["name"], weights=b["weights"],
+                         checkpoint=params.path(b.get("checkpoint")))
 
 
 def work(params: Params, *parts: str) -> Path:
@@ -120,3 +121,17 @@ def read_json(params: Params, *parts: str) -> dict:
     if not path.is_file():
         raise DataError(path, "missing: run the stage that writes it first")
     return json.loads(path.read_text())
+
+
+def act_store(params: Params, model: str) -> Path:
+    """Activation cache of a model's trunk: pretrained in ``act/pt.zarr``, fine-tuned ones in
+    ``act/finetuned/<model>.zarr``."""
+    model = trunk_model(model)
+    if model == "pt":
+        return work(params, "act", "pt.zarr")
+    return work(params, "act", "finetuned", f"{model}.zarr")
+
+
+def assoc_store(params: Params, model: str) -> Path:
+    """Association store of a model's trunk (setup I shares the pretrained one)."""
+    return work(params, "assoc", f"{trunk_model(model)}.zarr")

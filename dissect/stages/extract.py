@@ -25,10 +25,15 @@ def extract_store(params: Params, dataset, backbone, layers, store: Path) -> Pat
     from tqdm.dask import TqdmCallback
 
     from dissect.cache import extract_batch, prepare_cache
+    from dissect.errors import StaleCacheError
 
     e = params["extract"]
-    plan = prepare_cache(dataset, backbone, list(layers), store, batch_size=int(e["batch_size"]),
-                         dtype=e["dtype"], overwrite=bool(e.get("overwrite", False)))
+    kw = dict(batch_size=int(e["batch_size"]), dtype=e["dtype"])
+    try:  # same arguments: resume what an interrupted run left
+        plan = prepare_cache(dataset, backbone, list(layers), store, **kw)
+    except StaleCacheError as exc:  # the stage's inputs changed: rebuild, and say so
+        log.warning("%s; rebuilding it", exc)
+        plan = prepare_cache(dataset, backbone, list(layers), store, overwrite=True, **kw)
     pending = plan.pending()
     log.info("%s: %d of %d batches to compute", store.name, len(pending), plan.n_batches)
     tasks = [dask.delayed(extract_batch)(plan, b, dataset, backbone, force=True) for b in pending]
@@ -46,7 +51,7 @@ def run_extract(params: Params) -> Path:
         dataset, _ = common.inputs(params)
         ids = common.ids_of(params, "heldout")
         bb = common.backbone(params)
-        store = common.work(params, "act", "pt.zarr")
+        store = common.act_store(params, "pt")
         extract_store(params, dataset.subset(ids), bb, b["layers"], store)
         rec.update(weights_id=bb.weights_id, n_images=len(ids), store=str(store))
     return store
@@ -66,7 +71,7 @@ def run_extract_finetuned(params: Params) -> list[Path]:
             if common.trunk_model(model) == "pt":
                 continue
             readout, _ = load_readout(common.work(params, "readouts", model, "model.pt"), base)
-            store = common.work(params, "act", f"{model}.zarr")
+            store = common.act_store(params, model)
             extract_store(params, dataset.subset(ids), finetuned_trunk(readout, model), [last],
                           store)
             out.append(store)

@@ -43,7 +43,7 @@ def region_output_table(model, dataset, regions, ids, *, drop_first: bool, gt: d
         points, point_regions = region_fixations(dataset, regions, image_id, drop_first=drop_first)
         with torch.no_grad():
             x = model.backbone.preprocess(dataset.load_image(image_id))
-            pred = model(x if x.dim() == 4 else x[None])[0].double().numpy()  # (h, w)
+            pred = model(x)[0].double().numpy()  # (h, w), upsampled exactly by region_nss
         density = density_map(points, size, sigma_deg=gt["sigma_deg"],
                               px_per_degree=gt["px_per_degree"])
         reg = image_regions(regions, image_id)
@@ -96,7 +96,7 @@ def run_inner_output(params: Params) -> None:
             reg_od = region_output_difference(reg["nss_pred"].to_numpy(),
                                               reg["nss_gt"].to_numpy(), cats)
             assoc = load_associations(
-                common.work(params, "assoc", f"{common.trunk_model(model_name)}.zarr"), [last]
+                common.assoc_store(params, model_name), [last]
             )[last]
             m, _ = category_means(assoc)
             top = m.values.copy()
@@ -120,7 +120,7 @@ def run_inner_output(params: Params) -> None:
             tukeys.append(tk)
             reg.insert(0, "model", model_name)
             regions_out.append(reg)
-        res = lambda name: common.results(params, "tables", name)  # noqa: E731
+        res = lambda name: common.results(params, "tables", "inner_output", name)  # noqa: E731
         write_table(pd.concat(per_cat, ignore_index=True), res("inner_output"))
         write_table(pd.DataFrame(spear), res("inner_output_spearman"))
         write_table(pd.concat(anovas, ignore_index=True), res("anova"))

@@ -40,7 +40,7 @@ def run_scene(params: Params) -> None:
 
     sc, st = params["scene"], params["stats"]
     last = params["backbone"]["layers"][-1]
-    res = lambda name: common.results(params, "tables", name)  # noqa: E731
+    res = lambda name: common.results(params, "tables", "scene", name)  # noqa: E731
     with stage_record(params.work, "scene", {"scene": sc, "stats": st}) as rec:
         dataset, regions = common.inputs(params)
         labels = load_scenes(params.path(params["data"]["scenes"]),
@@ -65,6 +65,10 @@ def run_scene(params: Params) -> None:
                                    "best_epoch": result.best_epoch}]), res("scene_accuracy"))
         write_table(recall, res("scene_recall"))
         write_table(cm.reset_index(), res("scene_confusion"))
+        from dissect.figures import confusion, save_figure
+
+        save_figure(confusion(cm, normalize=True),
+                    common.results(params, "figures", "scene_confusion.png"))
         preds.to_csv(common.work(params, "scene", "predictions.csv"), index=False)
         log.info("scene accuracy on %d held-out images: %.3f", len(heldout), acc)
 
@@ -74,19 +78,21 @@ def run_scene(params: Params) -> None:
                   "sr": result.model.trunk_backbone()}
         from dissect.stages.extract import extract_store
 
-        sr_store = common.work(params, "act", "sr.zarr")
+        sr_store = common.work(params, "scene", "act_sr.zarr")
         extract_store(params, dataset.subset(common.ids_of(params, "heldout")), trunks["sr"],
                       [last], sr_store)
         with common.scheduler(params) as client:
             sr_assoc = associate(sr_store, dataset, regions,
                                  drop_first=bool(params["data"]["drop_first"]), scheduler=client)
-        save_associations(sr_assoc, common.work(params, "assoc", "sr.zarr"))
+        save_associations(sr_assoc, common.work(params, "scene", "assoc_sr.zarr"))
 
         from dissect.association import load_associations
 
         stats = []
-        for name, model in (("pt", "pt"), ("sp", "k1"), ("sr", "sr")):
-            assoc = load_associations(common.work(params, "assoc", f"{model}.zarr"), [last])
+        stores = {"pt": common.assoc_store(params, "pt"), "sp": common.assoc_store(params, "k1"),
+                  "sr": common.work(params, "scene", "assoc_sr.zarr")}
+        for name, path in stores.items():
+            assoc = load_associations(path, [last])
             df = category_statistics(assoc, k=int(st["top_k"]), threshold=float(st["threshold"]),
                                      n_null=int(st["n_null"]), n_boot=int(st["n_boot"]),
                                      seed=int(st["seed"]))

@@ -35,7 +35,7 @@ def run_statistics(params: Params) -> pd.DataFrame:
         last = layers_pt[-1]
         n_stages = int(common.read_json(params, "train", "summary.json")["n_stages"])
         for model in common.model_names(params):
-            path = common.work(params, "assoc", f"{common.trunk_model(model)}.zarr")
+            path = common.assoc_store(params, model)
             layers = layers_pt if model == "pt" else [last]
             assoc = load_associations(path, layers)
             log.info("statistics of %s (%s)", model, ", ".join(assoc))
@@ -44,19 +44,19 @@ def run_statistics(params: Params) -> pd.DataFrame:
             df.insert(1, "k", -1 if model == "pt" else k_value(model[1:], n_stages))
             frames.append(df)
         stats = pd.concat(frames, ignore_index=True)
-        out = common.results(params, "tables", "category_statistics")
+        out = common.results(params, "tables", "statistics", "category_statistics")
         write_table(stats, out)
 
         pt = stats[stats["model"] == "pt"]
         for stat in (top, "count_above_T"):
             write_table(pivot_layers(pt, stat).reset_index(),
-                        common.results(params, "tables", f"table2_{stat}"))
+                        common.results(params, "tables", "statistics", f"table2_{stat}"))
         # Table 3 / Fig. 4: the last trunk layer, setup I (k=0) and setup II (k ≥ 1)
         by_k = stats[(stats["model"] != "pt") & (stats["layer"] == last)]
         for stat in (top, "count_above_T"):
             write_table(pivot_k(by_k, stat, layer=last).reset_index(),
-                        common.results(params, "tables", f"table3_{stat}"))
+                        common.results(params, "tables", "statistics", f"table3_{stat}"))
         imp = improvement(by_k, stat=top)
-        write_table(imp, common.results(params, "tables", "fig4_improvement"))
+        write_table(imp, common.results(params, "tables", "statistics", "fig4_improvement"))
         rec["rows"] = len(stats)
     return stats

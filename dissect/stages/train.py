@@ -35,7 +35,8 @@ def run_train(params: Params) -> pd.DataFrame:
                      len(val_ids))
             res = train_readout(
                 bb, dataset, fit_ids, val_ids, k,
-                epochs=int(t["epochs"]), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]),
+                epochs=int(t["epochs"]), lr=float(t["lr"]), trunk_lr=float(t["trunk_lr"]),
+                weight_decay=float(t["weight_decay"]),
                 batch_size=int(t["batch_size"]), seed=int(t["seed"]), patience=int(t["patience"]),
                 drop_first=bool(params["data"]["drop_first"]), heldout_ids=heldout,
                 cache_dir=common.work(params, "prefix_cache"), log_path=folder / "history.csv",
