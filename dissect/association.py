@@ -120,7 +120,9 @@ def associate(
     ids = [str(i) for i in (image_ids if image_ids is not None else stored)]
     missing = sorted(set(ids) - set(stored))
     if missing:
-        raise DataError(store, f"{len(missing)} images not in the activation store, e.g. {missing[:3]}")
+        raise DataError(
+            store, f"{len(missing)} images not in the activation store, e.g. {missing[:3]}"
+        )
     chunks = [ids[i : i + chunk_images] for i in range(0, len(ids), chunk_images)]
     tasks = [
         dask.delayed(_associate_chunk)(str(store), layers, c, dataset, regions, drop_first)
@@ -168,7 +170,9 @@ def save_associations(assoc: dict[str, xr.DataArray], path: str | Path) -> Path:
     return path
 
 
-def load_associations(path: str | Path, layers: Iterable[str] | None = None) -> dict[str, xr.DataArray]:
+def load_associations(
+    path: str | Path, layers: Iterable[str] | None = None
+) -> dict[str, xr.DataArray]:
     """Read what :func:`save_associations` wrote."""
     import zarr
 

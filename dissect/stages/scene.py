@@ -22,6 +22,24 @@ from dissect.stages import common
 log = logging.getLogger("dissect.scene")
 
 
+def keep_trained_classes(labels, train_ids):
+    """Drop (and log) scene classes with no training image: a classifier cannot learn them and
+    class-weighted cross-entropy is undefined for them. Only happens on small subsets."""
+    from dissect.data.scenes import SceneLabels
+
+    present = set(labels.scenes([i for i in train_ids if i in labels]))
+    missing = [c for c in labels.classes if c not in present]
+    if not missing:
+        return labels
+    log.warning("scene classes without training images are dropped: %s", missing)
+    table = labels.table[labels.table["scene"].isin(present)].reset_index(drop=True)
+    counts = labels.table["scene"].value_counts()
+    dropped = pd.concat([labels.dropped, pd.DataFrame(
+        {"scene": missing, "n_images": [int(counts[c]) for c in missing]})], ignore_index=True)
+    return SceneLabels(table=table, classes=sorted(present), dropped=dropped,
+                       min_images=labels.min_images, source=labels.source)
+
+
 def run_scene(params: Params) -> None:
     from dissect.association import associate, save_associations
     from dissect.data.scenes import load_scenes
@@ -49,6 +67,10 @@ def run_scene(params: Params) -> None:
         heldout = [i for i in common.ids_of(params, "heldout") if i in set(labels.ids)]
         fit_ids, val_ids = split_train_val(train_ids, float(params["train"]["val_fraction"]),
                                            int(params["train"]["seed"]))
+        labels = keep_trained_classes(labels, fit_ids)
+        keep = set(labels.ids)
+        fit_ids, val_ids = [i for i in fit_ids if i in keep], [i for i in val_ids if i in keep]
+        heldout = [i for i in heldout if i in keep]
         base = common.backbone(params)
         result = train_scene_model(
             base, dataset, labels, fit_ids, val_ids, epochs=int(sc["epochs"]), lr=float(sc["lr"]),
@@ -61,7 +83,7 @@ def run_scene(params: Params) -> None:
                                                       cache_dir=common.work(params, "prefix_cache"))
         write_table(pd.DataFrame([{"accuracy": acc, "n_heldout": len(heldout),
                                    "n_classes": len(result.classes),
-                                   "dropped": json.dumps(labels.dropped),
+                                   "dropped": json.dumps(labels.dropped.to_dict("records")),
                                    "best_epoch": result.best_epoch}]), res("scene_accuracy"))
         write_table(recall, res("scene_recall"))
         write_table(cm.reset_index(), res("scene_confusion"))
