@@ -55,6 +55,7 @@ from matplotlib.figure import Figure
 
 from dissect.categories import BY_NAME, NAMES
 from dissect.errors import DataError
+from dissect.metrics import point_pixels, region_nss, upsample_matrix
 
 __all__ = [
     "STAT_LABELS",
@@ -72,7 +73,6 @@ __all__ = [
     "training_curves",
     "task_maps",
     "upsample",
-    "region_nss",
 ]
 
 DEFAULT_DPI = 200
@@ -235,67 +235,36 @@ def _check_map(amap: Any, source: str) -> np.ndarray:
 
 
 def _check_points(points: Any, shape: tuple[int, int], source: str) -> np.ndarray:
-    p = np.asarray(points, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != 2:
-        raise DataError(source, f"fixations must be (N, 2) (x, y); got {p.shape}")
-    if not np.isfinite(p).all():
-        raise DataError(source, "fixations contain non-finite coordinates")
-    h, w = shape
-    cols, rows = np.rint(p[:, 0]), np.rint(p[:, 1])
-    outside = (cols < 0) | (cols >= w) | (rows < 0) | (rows >= h)
-    if outside.any():
-        raise DataError(
-            source,
-            f"{int(outside.sum())} fixations fall outside the {w}×{h} image "
-            "(0-based pixel coordinates expected)",
-        )
-    return p
+    """``(N, 2)`` (x, y) fixations as float64, validated by :func:`dissect.metrics.point_pixels`
+    (finite, pixel ``(rint(y), rint(x))`` inside the image)."""
+    point_pixels(points, shape, source)
+    return np.asarray(points, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
 # maps
 
 
-def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """``(n_out, n_in)`` matrix of 1-D bilinear resampling, ``align_corners=False``.
-
-    The source coordinate of output pixel ``i`` is ``(i + 0.5)·n_in/n_out − 0.5`` clamped at 0,
-    exactly as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
-    """
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = src - i0
-    u = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    np.add.at(u, (rows, i0), 1.0 - w1)
-    np.add.at(u, (rows, i1), w1)
-    return u
-
-
 def upsample(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a 2-D map to ``size = (H, W)`` (``up = Uy · A · Uxᵀ``, DESIGN.md)."""
+    """Bilinear resize of a 2-D map to ``size = (H, W)``: ``up = Uy · A · Uxᵀ`` with the
+    interpolation matrices of :func:`dissect.metrics.upsample_matrix` (the arithmetic of
+    ``interpolate(mode="bilinear", align_corners=False)``, as in the NSS computations)."""
     a = _check_map(amap, "map")
     h, w = size
     if a.shape == (h, w):
         return a
-    return _interp_matrix(h, a.shape[0]) @ a @ _interp_matrix(w, a.shape[1]).T
+    return upsample_matrix(h, a.shape[0]) @ a @ upsample_matrix(w, a.shape[1]).T
 
 
-def region_nss(up_map: np.ndarray, points: np.ndarray, mask: np.ndarray) -> float:
-    """Eq. 1 of He et al. (2019) for one unit and region, on an already upsampled map.
-
-    ``Assoc(u, r) = mean_{f ∈ F ∩ r} (up(A_u)(f) − μ_u) / σ_u`` with ``μ_u``, ``σ_u`` the mean and
-    population std of the map over the whole image and ``F ∩ r`` the fixations with
-    ``mask[round(y), round(x)]``. A constant map, or no fixation inside the region, gives NaN.
-    """
-    sd = float(up_map.std())
-    cols = np.rint(points[:, 0]).astype(np.int64)
-    rows = np.rint(points[:, 1]).astype(np.int64)
-    inside = mask[rows, cols]
-    if sd == 0.0 or not inside.any():
-        return math.nan
-    return float(((up_map[rows[inside], cols[inside]] - up_map.mean()) / sd).mean())
+def _panel_nss(
+    amap: np.ndarray, size: tuple[int, int], inside: np.ndarray, points: np.ndarray
+) -> float:
+    """Eq. 1 of He et al. (2019) for one unit map and one region: NSS of the map, bilinearly
+    upsampled to ``size``, at the fixations ``points[inside]`` (:func:`dissect.metrics.region_nss`,
+    exact; mean and population std over the whole upsampled map). NaN for a constant map or when
+    no fixation falls in the region."""
+    region_ids = inside.astype(np.int64)  # 1: in the region, 0: elsewhere (unused)
+    return float(region_nss(amap[None], size, points, region_ids, regions=[1])[0, 0])
 
 
 def _unit_range(a: np.ndarray) -> np.ndarray:
@@ -705,7 +674,7 @@ def _overlay_row(
     ax = axes[0]
     ax.imshow(image)
     _outline(ax, mask)
-    inside = mask[np.rint(points[:, 1]).astype(int), np.rint(points[:, 0]).astype(int)]
+    inside = mask[point_pixels(points, hw, source)]
     ax.scatter(
         points[~inside, 0],
         points[~inside, 1],
@@ -728,8 +697,9 @@ def _overlay_row(
     if show_titles:
         ax.set_title(str(row.get("title", "")) or "image, region and fixations")
     for ax, (unit, amap) in zip(axes[1:], unit_maps.items(), strict=False):
-        up = upsample(_check_map(amap, f"{source}: unit {unit}"), hw)
-        score = float(given[unit]) if unit in given else region_nss(up, points, mask)
+        a = _check_map(amap, f"{source}: unit {unit}")
+        score = float(given[unit]) if unit in given else _panel_nss(a, hw, inside, points)
+        up = upsample(a, hw)
         ax.imshow(image)
         ax.imshow(_unit_range(up), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
         _outline(ax, mask, color="white", lw=0.9)
@@ -762,7 +732,8 @@ def unit_overlays(
     Panel 1 shows the image, the region outline and the fixations (red: inside the region, yellow:
     elsewhere). Each further panel is one of the best-responding units: its map upsampled
     bilinearly to the image size, min–max normalised and overlaid on the image, titled with the
-    unit name and its region NSS (Eq. 1; computed by :func:`region_nss` unless given in ``nss``).
+    unit name and its region NSS (Eq. 1, :func:`dissect.metrics.region_nss`, unless given in
+    ``nss``).
     """
     return unit_overlay_grid(
         [

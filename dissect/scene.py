@@ -639,32 +639,8 @@ def evaluate_scene_model(
 
 
 def plot_confusion(cm: pd.DataFrame, path: str | Path, *, title: str | None = None) -> Path:
-    """Confusion heatmap (colour = row-normalised recall, text = counts); PNG at 200 dpi."""
-    import seaborn as sns
-    from matplotlib.figure import Figure
+    """Confusion heatmap of row fractions (recall per class; :func:`dissect.figures.confusion`,
+    title with the accuracy) written as a PNG at 200 dpi (:func:`dissect.figures.save_figure`)."""
+    from dissect.figures import confusion, save_figure
 
-    counts = cm.to_numpy()
-    rows = counts.sum(axis=1, keepdims=True)
-    frac = np.divide(counts, rows, out=np.zeros(counts.shape, float), where=rows > 0)
-    n = len(cm)
-    fig = Figure(figsize=(1.2 + 0.75 * n, 1.0 + 0.65 * n), layout="constrained")
-    ax = fig.subplots()
-    sns.heatmap(
-        pd.DataFrame(frac, index=cm.index, columns=cm.columns),
-        annot=counts,
-        fmt="d",
-        cmap="Blues",
-        vmin=0,
-        vmax=1,
-        square=True,
-        cbar_kws={"label": "fraction of true class"},
-        ax=ax,
-    )
-    ax.set_xlabel("predicted scene")
-    ax.set_ylabel("true scene")
-    acc = np.trace(counts) / max(counts.sum(), 1)
-    ax.set_title(title or f"scene recognition (accuracy {acc:.2f}, n = {int(counts.sum())})")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=200)
-    return path
+    return save_figure(confusion(cm, normalize=True, title=title), path)

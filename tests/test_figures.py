@@ -11,6 +11,7 @@ from PIL import Image
 from dissect import figures as F
 from dissect.categories import NAMES
 from dissect.errors import DataError
+from dissect.metrics import nss
 
 RNG = np.random.default_rng(0)
 LAYERS = ["conv5_3", "conv1_1", "conv3_3"]  # deliberately not sorted: the given order is kept
@@ -260,16 +261,21 @@ def test_upsample_is_bilinear_half_pixel():
         assert np.allclose(F.upsample(a, size), ref, atol=1e-12)
 
 
-def test_region_nss_by_hand():
+def test_panel_nss_by_hand():
+    """The NSS in a unit panel's title is Eq. 1 at the fixations inside the region: mean and
+    population std over the whole map, fixation pixel (rint(y), rint(x))."""
     m = np.zeros((4, 4))
     m[0, 0] = 4.0  # mean 0.25, population std sqrt(15)/4
     mask = np.zeros((4, 4), bool)
     mask[:2, :2] = True
     pts = np.array([[0.2, -0.3], [1.0, 1.0], [3.0, 3.0]])  # (x, y); the last is outside
-    expected = ((4 - 0.25) + (0 - 0.25)) / 2 / (np.sqrt(15) / 4)
-    assert F.region_nss(m, pts, mask) == pytest.approx(expected)
-    assert np.isnan(F.region_nss(np.ones((4, 4)), pts, mask))
-    assert np.isnan(F.region_nss(m, pts[2:], mask))
+    expected = ((4 - 0.25) + (0 - 0.25)) / 2 / (np.sqrt(15) / 4)  # 1.807 (sample std: 1.75)
+    image = np.zeros((4, 4, 3), np.uint8)
+    fig = F.unit_overlays(image, pts, mask, {"u": m, "flat": np.ones((4, 4))})
+    titles = [ax.get_title() for ax in fig.axes[1:3]]
+    assert titles == [f"u\nNSS = {expected:.2f}", "flat\nNSS = n/a"]
+    fig = F.unit_overlays(image, pts[2:], mask, {"u": m})  # no fixation in the region
+    assert fig.axes[1].get_title() == "u\nNSS = n/a"
 
 
 def _scene(h: int = 60, w: int = 80):
@@ -287,7 +293,8 @@ def test_unit_overlays_titles_and_nss():
     axes = fig.axes
     assert len(axes) == 1 + 3 + 1  # image, three units, colour bar
     assert axes[0].get_title() == "image 1 · text"
-    expected = F.region_nss(F.upsample(maps["u3"], (60, 80)), fix, mask)
+    inside = mask[np.rint(fix[:, 1]).astype(int), np.rint(fix[:, 0]).astype(int)]
+    expected = nss(F.upsample(maps["u3"], (60, 80)), fix[inside])  # Eq. 1 on the shown map
     assert axes[1].get_title() == f"u3\nNSS = {expected:.2f}"
     assert axes[2].get_title() == "u17\nNSS = 2.50"  # given value wins
     assert axes[3].get_title() == "u5\nNSS = n/a"  # constant map

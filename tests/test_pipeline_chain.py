@@ -62,6 +62,7 @@ def test_whole_chain_on_a_dozen_osie_images(tmp_path, osie_root, osie_regions_ro
     inner_output.run_inner_output(params)
     popout.run_popout_arrays(params)
     popout.run_popout(params)
+    popout.run_popout_readouts(params)
     scene.run_scene(params)
     figures.run_figures(params)
     report.run_report(params)
@@ -81,13 +82,14 @@ def test_whole_chain_on_a_dozen_osie_images(tmp_path, osie_root, osie_regions_ro
                  "statistics/fig4_improvement.csv", "inner_output/inner_output.csv",
                  "inner_output/anova.csv", "inner_output/tukey_hsd.csv",
                  "popout/table4_popout_models.csv", "popout/table5_popout_layers.csv",
-                 "popout/table6_popout_k.csv", "scene/table7_task_statistics.csv",
+                 "popout_readouts/table4_popout_models.csv",
+                 "popout_readouts/table6_popout_k.csv", "scene/table7_task_statistics.csv",
                  "scene/table8_mean_map_nss.csv", "scene/task_permutation_test.csv",
                  "training_curves.csv"):
         assert (res / "tables" / name).is_file(), name
     io = pd.read_csv(res / "tables" / "inner_output" / "inner_output.csv")
     assert set(io["model"]) == {"k0", "k1", "k2"}
-    t4 = pd.read_csv(res / "tables" / "popout" / "table4_popout_models.csv")
+    t4 = pd.read_csv(res / "tables" / "popout_readouts" / "table4_popout_models.csv")
     assert {"itti", "spectral_residual", "readout_k0"} <= set(t4["model"])
     figs = {p.name for p in (res / "figures" / "paper").glob("*.png")}
     assert {"table2_top10.png", "fig4_improvement.png", "fig3_units_pretrained.png",

@@ -861,3 +861,20 @@ def target_distractor_overlap(array: PopoutArray) -> list[int]:
         and it["bbox"][1] < ty1
         and ty0 < it["bbox"][3]
     ]
+
+
+def item_masks(array: PopoutArray, role: str = "distractor") -> list[np.ndarray]:
+    """Exact masks of the items with ``role`` ("distractor" or "target"): the non-background
+    pixels inside each item's bounding box (items never share a grid cell, so a box holds one
+    item only). The target's equals ``array.mask``."""
+    background = np.asarray(array.meta["params"].get("background", (0, 0, 0)), dtype=np.uint8)
+    h, w = array.mask.shape
+    out = []
+    for item in array.meta["items"]:
+        if item["role"] != role:
+            continue
+        x0, y0, x1, y1 = item["bbox"]
+        m = np.zeros((h, w), dtype=bool)
+        m[y0:y1, x0:x1] = (array.image[y0:y1, x0:x1] != background).any(axis=-1)
+        out.append(m)
+    return out

@@ -121,10 +121,18 @@ def run_figures(params: Params) -> None:
             save(inner_vs_output(io[io["model"] == model], r["r_s"], r["p_value"],
                                  title=f"Inner vs output saliency ({model})"),
                  f"inner_vs_output_{model}.png")
-        pop = _table(params, "popout", "popout_nmm.csv")
+        pop = _table(params, "popout_readouts", "popout_nmm.csv")
+        if pop.empty:
+            pop = _table(params, "popout", "popout_nmm.csv")
         if not pop.empty:
-            save(popout_bars(pop), "table4_popout_models.png")
-            save(popout_bars(pop, hue="dimension"), "table4_popout_by_dimension.png")
+            save(popout_bars(pop, title="NMM of the target per model (mean, 95% CI)"),
+                 "table4_popout_models.png")
+            excess = pop.assign(nmm=pop["nmm_excess"])
+            save(popout_bars(excess, title="Target − distractor NMM per model"),
+                 "table4_popout_excess.png")
+            save(popout_bars(excess, hue="dimension",
+                             title="Target − distractor NMM per model and dimension"),
+                 "table4_popout_excess_by_dimension.png")
             save(_popout_examples(params), "fig8_popout_examples.png")
             save(_popout_best_units(params), "fig9_popout_best_units.png")
         curves = _table(params, "training_curves.csv")
@@ -220,7 +228,8 @@ def _task_maps(params: Params):
     assoc = load_associations(common.assoc_store(params, "k1"), [layer])[layer]
     cols = np.flatnonzero(assoc["category"].values == "person head")
     v = assoc.values[:, cols].astype(float)
-    unit = int(np.nanargmax(np.nanmean(v, axis=1)))
+    n = np.isfinite(v).sum(axis=1)
+    unit = int(np.argmax(np.where(n > 0, np.nansum(v, axis=1) / np.maximum(n, 1), -np.inf)))
     c = int(cols[int(np.nanargmax(v[unit]))])
     image_id = str(assoc["image"].values[c])
     image = dataset.load_image(image_id)

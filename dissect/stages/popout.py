@@ -70,11 +70,60 @@ def inner_unit_nmm(backbone, layers, arrays, k: int, model: str) -> tuple[pd.Dat
     return pd.DataFrame(rows), best
 
 
+def map_nmm(saliency_map: np.ndarray, array) -> tuple[float, float]:
+    """NMM (Eq. 4) of a map on an array's target, and the mean NMM of the same map on the
+    distractor items (each item's exact mask): an ordinary item against the black background
+    already stands out, so target − distractor NMM is the pop-out excess."""
+    from dissect.data.popout import item_masks
+    from dissect.metrics import nmm, unit_nmm
+
+    if saliency_map.shape == array.mask.shape:
+        target = nmm(saliency_map, array.mask)
+        distractors = [nmm(saliency_map, m) for m in item_masks(array)]
+    else:  # a feature-resolution map: exact bilinear upsampling inside unit_nmm
+        target = float(unit_nmm(saliency_map[None], array.mask.shape, array.mask)[0])
+        distractors = [float(unit_nmm(saliency_map[None], array.mask.shape, m)[0])
+                       for m in item_masks(array)]
+    return float(target), float(np.nanmean(distractors))
+
+
+def nmm_row(model: str, kind: str, array, saliency_map: np.ndarray) -> dict:
+    target, distractor = map_nmm(saliency_map, array)
+    return {"model": model, "kind": kind, "array": array.id, "dimension": array.dimension,
+            "nmm": target, "nmm_distractors": distractor, "nmm_excess": target - distractor}
+
+
+def model_tables(per_array: pd.DataFrame, res) -> None:
+    """Table 4 analogue: mean NMM (and excess over distractors) per model, feature dimensions
+    vs conjunction controls, and per dimension."""
+    from dissect.tables import write_table
+
+    group = np.where(per_array["dimension"].str.startswith("conjunction"), "conjunction",
+                     "feature")
+    t4 = (per_array.assign(group=group)
+          .groupby(["model", "group"], sort=False)[["nmm", "nmm_excess"]].mean()
+          .unstack("group"))
+    t4.columns = [f"{a}_{b}" for a, b in t4.columns]
+    t4 = t4.join(per_array.groupby("model", sort=False)[["nmm", "nmm_excess"]].mean()
+                 .add_suffix("_all")).reset_index()
+    write_table(t4, res("table4_popout_models"))
+    by_dim = per_array.pivot_table(index="model", columns="dimension", values="nmm_excess",
+                                   aggfunc="mean", sort=False)
+    write_table(by_dim.reset_index(), res("table4_popout_excess_by_dimension"))
+
+
+def layer_summary(inner: pd.DataFrame) -> pd.DataFrame:
+    group = np.where(inner["dimension"].str.startswith("conjunction"), "conjunction", "feature")
+    return (inner.assign(group=group)
+            .groupby(["model", "layer", "group"], sort=False)["top_nmm"].mean()
+            .unstack("group").reset_index())
+
+
 def run_popout(params: Params) -> None:
+    """Classical models and the pretrained trunk's units (needs no OSIE)."""
     from tqdm.auto import tqdm
 
     from dissect.data.popout import load_set
-    from dissect.metrics import nmm, unit_nmm
     from dissect.models.classical import load_classical
     from dissect.tables import write_table
 
@@ -87,55 +136,51 @@ def run_popout(params: Params) -> None:
         for name in p["models"]:
             model = load_classical(name)
             for a in tqdm(arrays, desc=name, disable=not common.progress(params)):
-                rows.append({"model": name, "kind": "classical", "array": a.id,
-                             "dimension": a.dimension, "nmm": nmm(model.saliency(a.image), a.mask)})
-        base = common.backbone(params)
-        inner, _ = inner_unit_nmm(base, layers, arrays, k_top, "pt")
-        inner_k = []
-        have_readouts = common.work(params, "train", "summary.json").is_file()
-        if have_readouts:
-            import torch
-
-            from dissect.readout import load_readout
-            from dissect.task_compare import finetuned_trunk
-
-            for name in common.model_names(params)[1:]:
-                readout, _ = load_readout(common.work(params, "readouts", name, "model.pt"), base)
-                readout.eval()
-                for a in arrays:
-                    with torch.no_grad():
-                        pred = readout(readout.backbone.preprocess(a.image))[0]
-                    v = unit_nmm(pred.double().numpy()[None], a.mask.shape, a.mask)[0]
-                    rows.append({"model": f"readout_{name}", "kind": "readout", "array": a.id,
-                                 "dimension": a.dimension, "nmm": float(v)})
-                if common.trunk_model(name) != "pt":
-                    df, _ = inner_unit_nmm(finetuned_trunk(readout, name), [layers[-1]], arrays,
-                                           k_top, name)
-                    inner_k.append(df)
-        else:
-            log.warning("no trained readouts (run `dissect train`): Table 4 has classical models "
-                        "only and Table 6 is skipped")
+                rows.append(nmm_row(name, "classical", a, model.saliency(a.image)))
         per_array = pd.DataFrame(rows)
         write_table(per_array, res("popout_nmm"))
-        feature = ~per_array["dimension"].str.startswith("conjunction")
-        t4 = (per_array.assign(group=np.where(feature, "feature", "conjunction"))
-              .groupby(["model", "group"], sort=False)["nmm"].mean().unstack("group").reset_index())
-        t4["all"] = per_array.groupby("model", sort=False)["nmm"].mean().to_numpy()
-        write_table(t4, res("table4_popout_models"))
-        by_dim = per_array.pivot_table(index="model", columns="dimension", values="nmm",
-                                       aggfunc="mean", sort=False)
-        write_table(by_dim.reset_index(), res("table4_popout_by_dimension"))
+        model_tables(per_array, res)
+        inner, _ = inner_unit_nmm(common.backbone(params), layers, arrays, k_top, "pt")
+        inner.to_csv(common.work(params, "popout", "inner_units.csv"), index=False)
+        write_table(layer_summary(inner).drop(columns="model"), res("table5_popout_layers"))
+        rec["n_arrays"] = len(arrays)
 
-        inner_all = pd.concat([inner, *inner_k], ignore_index=True)
-        inner_all.to_csv(common.work(params, "popout", "inner_units.csv"), index=False)
-        grp = np.where(inner_all["dimension"].str.startswith("conjunction"), "conjunction",
-                       "feature")
-        summary = (inner_all.assign(group=grp)
-                   .groupby(["model", "layer", "group"], sort=False)["top_nmm"].mean()
-                   .unstack("group").reset_index())
-        write_table(summary[summary["model"] == "pt"].drop(columns="model"),
-                    res("table5_popout_layers"))
-        if inner_k:
-            t6 = summary[summary["layer"] == layers[-1]]
-            write_table(t6, res("table6_popout_k"))
+
+def run_popout_readouts(params: Params) -> None:
+    """The saliency readouts (setup I, each k of setup II) next to the classical models
+    (Table 4), and the last trunk layer's units vs k (Table 6)."""
+    import torch
+
+    from dissect.data.popout import load_set
+    from dissect.readout import load_readout
+    from dissect.tables import write_table
+    from dissect.task_compare import finetuned_trunk
+
+    k_top = int(params["stats"]["top_k"])
+    last = params["backbone"]["layers"][-1]
+    res = lambda name: common.results(params, "tables", "popout_readouts", name)  # noqa: E731
+    with stage_record(params.work, "popout-readouts", {"top_k": k_top}) as rec:
+        arrays = load_set(arrays_dir(params))
+        base = common.backbone(params)
+        rows = []
+        inner = pd.read_csv(common.work(params, "popout", "inner_units.csv"))
+        inner_k = [inner[(inner["model"] == "pt") & (inner["layer"] == last)]]
+        for name in common.model_names(params)[1:]:
+            readout, _ = load_readout(common.work(params, "readouts", name, "model.pt"), base)
+            readout.eval()
+            for a in arrays:
+                with torch.no_grad():
+                    pred = readout(readout.backbone.preprocess(a.image))[0].double().numpy()
+                rows.append(nmm_row(f"readout_{name}", "readout", a, pred))
+            if common.trunk_model(name) != "pt":
+                df, _ = inner_unit_nmm(finetuned_trunk(readout, name), [last], arrays, k_top,
+                                       name)
+                inner_k.append(df)
+        classical = pd.read_csv(common.results(params, "tables", "popout", "popout_nmm.csv"))
+        per_array = pd.concat([classical, pd.DataFrame(rows)], ignore_index=True)
+        write_table(per_array, res("popout_nmm"))
+        model_tables(per_array, res)
+        inner_all = pd.concat(inner_k, ignore_index=True)
+        inner_all.to_csv(common.work(params, "popout", "inner_units_finetuned.csv"), index=False)
+        write_table(layer_summary(inner_all), res("table6_popout_k"))
         rec["n_arrays"] = len(arrays)

@@ -16,25 +16,26 @@ from dissect.stages import common
 
 log = logging.getLogger("dissect.report")
 
-SECTIONS = [
-    ("Unit dissection: pretrained trunk (Table 2 analogue)", "statistics",
-     ["table2_top10_mean.md", "table2_count_above_T.md"],
+SECTIONS = [  # (title, tables under results/tables, figure name patterns)
+    ("Unit dissection: pretrained trunk (Table 2 analogue)",
+     ["statistics/table2_top10_mean.md", "statistics/table2_count_above_T.md"],
      ["table2_top10.png", "table2_top10_excess.png", "table2_count.png",
       "fig3_units_pretrained.png"]),
-    ("Fine-tuning: last trunk layer vs k (Table 3, Fig. 4 analogues)", "statistics",
-     ["table3_top10_mean.md", "table3_count_above_T.md"],
+    ("Fine-tuning: last trunk layer vs k (Table 3, Fig. 4 analogues)",
+     ["statistics/table3_top10_mean.md", "statistics/table3_count_above_T.md"],
      ["table3_top10.png", "table3_top10_excess.png", "fig4_improvement.png",
       "fig4_improvement_excess.png", "fig5_units_finetuned.png", "training_curves.png"]),
-    ("Inner vs output saliency (§6, Eqs. 2–3)", "inner_output",
-     ["readout_performance.md", "inner_output_spearman.md", "anova.md"], ["inner_vs_output_*"]),
-    ("Pop-out search arrays (Tables 4–6 analogues, Eq. 4)", "popout",
-     ["table4_popout_models.md", "table4_popout_by_dimension.md", "table5_popout_layers.md",
-      "table6_popout_k.md"],
-     ["table4_popout_models.png", "table4_popout_by_dimension.png", "fig8_popout_examples.png",
-      "fig9_popout_best_units.png"]),
-    ("Task vs data: pt / sp / sr (Tables 7–8 analogues)", "scene",
-     ["scene_accuracy.md", "scene_recall.md", "task_permutation_test.md",
-      "table8_mean_map_nss.md"], ["fig11_task_maps.png"]),
+    ("Inner vs output saliency (§6, Eqs. 2–3)",
+     ["inner_output/readout_performance.md", "inner_output/inner_output_spearman.md",
+      "inner_output/anova.md"], ["inner_vs_output_*"]),
+    ("Pop-out search arrays (Tables 4–6 analogues, Eq. 4)",
+     ["popout_readouts/table4_popout_models.md",
+      "popout_readouts/table4_popout_excess_by_dimension.md",
+      "popout/table5_popout_layers.md", "popout_readouts/table6_popout_k.md"],
+     ["table4_popout_*.png", "fig8_popout_examples.png", "fig9_popout_best_units.png"]),
+    ("Task vs data: pt / sp / sr (Tables 7–8 analogues)",
+     ["scene/scene_accuracy.md", "scene/scene_recall.md", "scene/task_permutation_test.md",
+      "scene/table8_mean_map_nss.md"], ["scene_confusion.png", "fig11_task_maps.png"]),
 ]
 
 
@@ -73,12 +74,12 @@ def build_report(params: Params) -> str:
               "permutations of category labels across regions; cells read `value* (null mean)`, "
               "`*` = permutation p < 0.05; CIs from "
               f"{params['stats']['n_boot']} image bootstraps in the CSV.", ""]
-    for title, folder, md_tables, figs in SECTIONS:
+    for title, md_tables, figs in SECTIONS:
         lines += [f"## {title}", ""]
         for name in md_tables:
-            path = tables / folder / name
+            path = tables / name
             if path.is_file():
-                lines += [f"**{name[:-3]}** (`{path.relative_to(results)}`)", "",
+                lines += [f"**{path.stem}** (`{path.relative_to(results)}`)", "",
                           path.read_text().strip(), ""]
         for pattern in figs:
             for fig in sorted((figures / "paper").glob(pattern)) + sorted(figures.glob(pattern)):
