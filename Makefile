@@ -22,8 +22,15 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dissect tests bench
 
+# All stages when OSIE is at the configured path; otherwise the pop-out stages only, with a
+# message saying how to get OSIE.
 repro: $(STAMP)
-	cd pipelines && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CURDIR)/$(VENV)/bin/dvc repro
+	@cd pipelines && export PATH="$(CURDIR)/$(VENV)/bin:$$PATH" && \
+	if $(CURDIR)/$(PY) -m dissect.stages.common --check-osie; then \
+	  dvc repro; \
+	else \
+	  dvc repro popout; \
+	fi
 
 bench: $(STAMP)
 	for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

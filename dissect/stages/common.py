@@ -135,3 +135,16 @@ def act_store(params: Params, model: str) -> Path:
 def assoc_store(params: Params, model: str) -> Path:
     """Association store of a model's trunk (setup I shares the pretrained one)."""
     return work(params, "assoc", f"{trunk_model(model)}.zarr")
+
+
+if __name__ == "__main__":  # `python -m dissect.stages.common --check-osie` (used by make repro)
+    import sys
+
+    from dissect.config import load_params
+
+    _params = load_params()
+    if osie_available(_params):
+        sys.exit(0)
+    print(OSIE_HINT.format(path=_params.path(_params["data"]["osie"]))
+          + " Running the pop-out stages only (they need no OSIE).", file=sys.stderr)
+    sys.exit(1)
