@@ -58,12 +58,12 @@ def test_whole_chain_on_a_dozen_osie_images(tmp_path, osie_root, osie_regions_ro
     train.run_train(params)
     extract.run_extract_finetuned(params)
     associate.run_associate(params)
+    scene.run_scene(params)
     stats = statistics.run_statistics(params)
     inner_output.run_inner_output(params)
     popout.run_popout_arrays(params)
     popout.run_popout(params)
     popout.run_popout_readouts(params)
-    scene.run_scene(params)
     figures.run_figures(params)
     report.run_report(params)
     elapsed = time.perf_counter() - t0
@@ -83,8 +83,8 @@ def test_whole_chain_on_a_dozen_osie_images(tmp_path, osie_root, osie_regions_ro
                  "inner_output/anova.csv", "inner_output/tukey_hsd.csv",
                  "popout/table4_popout_models.csv", "popout/table5_popout_layers.csv",
                  "popout_readouts/table4_popout_models.csv",
-                 "popout_readouts/table6_popout_k.csv", "scene/table7_task_statistics.csv",
-                 "scene/table8_mean_map_nss.csv", "scene/task_permutation_test.csv",
+                 "popout_readouts/table6_popout_k.csv", "task/table7_task_statistics.csv",
+                 "scene/table8_mean_map_nss.csv", "task/task_permutation_test.csv",
                  "training_curves.csv"):
         assert (res / "tables" / name).is_file(), name
     io = pd.read_csv(res / "tables" / "inner_output" / "inner_output.csv")

@@ -34,8 +34,9 @@ SECTIONS = [  # (title, tables under results/tables, figure name patterns)
       "popout/table5_popout_layers.md", "popout_readouts/table6_popout_k.md"],
      ["table4_popout_*.png", "fig8_popout_examples.png", "fig9_popout_best_units.png"]),
     ("Task vs data: pt / sp / sr (Tables 7–8 analogues)",
-     ["scene/scene_accuracy.md", "scene/scene_recall.md", "scene/task_permutation_test.md",
-      "scene/table8_mean_map_nss.md"], ["scene_confusion.png", "fig11_task_maps.png"]),
+     ["scene/scene_accuracy.md", "scene/scene_recall.md", "task/table7_task_statistics.md",
+      "task/task_permutation_test.md", "scene/table8_mean_map_nss.md"],
+     ["scene_confusion.png", "fig11_task_maps.png"]),
 ]
 
 

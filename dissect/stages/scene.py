@@ -3,8 +3,9 @@ same training images for saliency (sp: the readout with the last stage tuned, k 
 scene recognition (sr: last stage + 3 FC layers, class-weighted cross-entropy), compared with
 the pretrained trunk (pt) on the held-out images:
 - scene accuracy, per-class recall, confusion matrix;
-- Table 7: per category the top-k mean NSS and the number of units above T (last trunk layer);
-- paired sign-flip permutation test over categories of |sp − pt| vs |sr − pt|;
+- the sr trunk's last-layer units, cached and associated like the others (Table 7 and its
+  permutation test are computed by the ``statistics`` stage, so that a change of T reruns
+  statistics only);
 - Table 8: NSS of the mean of all last-layer maps, scene classified correctly vs wrongly.
 """
 
@@ -45,21 +46,18 @@ def run_scene(params: Params) -> None:
     from dissect.data.scenes import load_scenes
     from dissect.readout import load_readout
     from dissect.scene import evaluate_scene_model, save_scene_model, train_scene_model
-    from dissect.statistics import category_statistics
     from dissect.tables import write_table
     from dissect.task_compare import (
         finetuned_trunk,
-        paired_deltas,
-        paired_permutation_test,
         per_image_mean_nss,
         table8,
     )
     from dissect.training import split_train_val
 
-    sc, st = params["scene"], params["stats"]
+    sc = params["scene"]
     last = params["backbone"]["layers"][-1]
     res = lambda name: common.results(params, "tables", "scene", name)  # noqa: E731
-    with stage_record(params.work, "scene", {"scene": sc, "stats": st}) as rec:
+    with stage_record(params.work, "scene", {"scene": sc}) as rec:
         dataset, regions = common.inputs(params)
         labels = load_scenes(params.path(params["data"]["scenes"]),
                              min_images=int(sc["min_images"]), dataset=dataset)
@@ -107,29 +105,6 @@ def run_scene(params: Params) -> None:
             sr_assoc = associate(sr_store, dataset, regions,
                                  drop_first=bool(params["data"]["drop_first"]), scheduler=client)
         save_associations(sr_assoc, common.work(params, "scene", "assoc_sr.zarr"))
-
-        from dissect.association import load_associations
-
-        stats = []
-        stores = {"pt": common.assoc_store(params, "pt"), "sp": common.assoc_store(params, "k1"),
-                  "sr": common.work(params, "scene", "assoc_sr.zarr")}
-        for name, path in stores.items():
-            assoc = load_associations(path, [last])
-            df = category_statistics(assoc, k=int(st["top_k"]), threshold=float(st["threshold"]),
-                                     n_null=int(st["n_null"]), n_boot=int(st["n_boot"]),
-                                     seed=int(st["seed"]))
-            df.insert(0, "model", name)
-            stats.append(df)
-        t7 = pd.concat(stats, ignore_index=True)
-        write_table(t7, res("table7_task_statistics"))
-        top = f"top{int(st['top_k'])}_mean"
-        tests = []
-        for stat in (top, "count_above_T"):
-            deltas = paired_deltas(t7[t7["stat"] == stat], "category")
-            t = paired_permutation_test(deltas["sp"], deltas["sr"], seed=int(st["seed"]))
-            t.insert(0, "stat", stat)
-            tests.append(t)
-        write_table(pd.concat(tests, ignore_index=True), res("task_permutation_test"))
 
         correct = preds.set_index("image")["correct"]
         per_image = per_image_mean_nss(trunks, dataset, heldout, correct=correct,

@@ -1,6 +1,7 @@
 """Stage ``statistics``: category statistics of the unit associations (He et al. §4.3) with a
 label-permutation null and image-bootstrap CIs → Table 2 (pretrained, every analysed layer),
-Table 3 (last trunk layer × k fine-tuned) and the Fig. 4 improvement table."""
+Table 3 (last trunk layer × k fine-tuned), the Fig. 4 improvement table, and Table 7 (pt / sp /
+sr, with the paired permutation test) once the scene stage has associated the sr trunk."""
 
 from __future__ import annotations
 
@@ -58,5 +59,35 @@ def run_statistics(params: Params) -> pd.DataFrame:
                         common.results(params, "tables", "statistics", f"table3_{stat}"))
         imp = improvement(by_k, stat=top)
         write_table(imp, common.results(params, "tables", "statistics", "fig4_improvement"))
+        sr = common.work(params, "scene", "assoc_sr.zarr")
+        if sr.exists():
+            task_statistics(params, stats, sr, kw)
         rec["rows"] = len(stats)
     return stats
+
+
+def task_statistics(params: Params, stats: pd.DataFrame, sr_store, kw: dict) -> pd.DataFrame:
+    """Table 7 (He et al. §8): the last trunk layer of pt, sp (saliency, k = 1) and sr (scene
+    recognition, same stage tuned) per category, and a paired sign-flip permutation test over
+    categories of |sp − pt| vs |sr − pt| for both statistics."""
+    from dissect.association import load_associations
+    from dissect.statistics import category_statistics
+    from dissect.tables import write_table
+    from dissect.task_compare import paired_deltas, paired_permutation_test
+
+    last = params["backbone"]["layers"][-1]
+    pt = stats[(stats["model"] == "pt") & (stats["layer"] == last)].assign(model="pt")
+    sp = stats[(stats["model"] == "k1")].assign(model="sp")
+    sr = category_statistics(load_associations(sr_store, [last]), **kw)
+    sr.insert(0, "model", "sr")
+    t7 = pd.concat([pt, sp, sr], ignore_index=True).drop(columns="k")
+    out = lambda name: common.results(params, "tables", "task", name)  # noqa: E731
+    write_table(t7, out("table7_task_statistics"))
+    tests = []
+    for stat in t7["stat"].unique():
+        deltas = paired_deltas(t7[t7["stat"] == stat], "category")
+        t = paired_permutation_test(deltas["sp"], deltas["sr"], seed=int(kw["seed"]))
+        t.insert(0, "stat", stat)
+        tests.append(t)
+    write_table(pd.concat(tests, ignore_index=True), out("task_permutation_test"))
+    return t7
