@@ -30,7 +30,6 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -86,13 +85,9 @@ def resolve_gradient_target(spec: GradientSpec) -> tuple[str | None, Callable | 
 
 
 def package_versions() -> dict[str, str]:
-    out = {}
-    for name in _VERSIONED:
-        try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            out[name] = "unknown"
-    return out
+    from dissect.provenance import versions
+
+    return versions(_VERSIONED)
 
 
 def _sha(text: str, n: int = 16) -> str:

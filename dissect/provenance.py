@@ -19,9 +19,10 @@ PACKAGES = ("dissect", "torch", "numpy", "scipy", "pandas", "xarray", "zarr", "d
             "statsmodels", "seaborn", "opencv-contrib-python-headless", "dvc")
 
 
-def versions() -> dict[str, str]:
+def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed versions of ``packages`` (and Python); "not installed" where absent."""
     out = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in packages:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

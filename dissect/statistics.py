@@ -184,7 +184,7 @@ def category_means(assoc: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
 # --------------------------------------------------------------------------- the two statistics
 
 
-def _topk_mean(m: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def topk_mean(m: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean of the k largest values along axis 0, NaN-aware; also the number of defined units.
 
     ``m`` has units on axis 0 and any trailing shape. Uses :func:`numpy.partition`.
@@ -296,7 +296,7 @@ def _bootstrap_means(
 
 def _stats_of(means: np.ndarray, k: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """(top-k mean, count above T) of replicate means (B, U, K) → two (B, K) arrays."""
-    top, _ = _topk_mean(np.moveaxis(means, 1, 0), k)
+    top, _ = topk_mean(np.moveaxis(means, 1, 0), k)
     cnt = _count_above(np.moveaxis(means, 1, 0), threshold)
     return top, cnt
 
@@ -329,7 +329,7 @@ def _layer_statistics(
 
     C = _one_hot(labels, K)
     m = _ratio(X @ C, D @ C)
-    obs_top, n_units = _topk_mean(m, k)
+    obs_top, n_units = topk_mean(m, k)
     obs_cnt = _count_above(m, threshold)
     n_used = np.bincount(labels, minlength=K)
 

@@ -488,11 +488,8 @@ class SpectralResidual(ClassicalSaliency):
     name: ClassVar[str] = "spectral_residual"
 
     def _compute(self, image: np.ndarray) -> np.ndarray:
-        algo = cv2.saliency.StaticSaliencySpectralResidual_create()
-        ok, sal = algo.computeSaliency(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise DataError("SpectralResidual", "cv2.saliency computeSaliency failed")
-        return np.asarray(sal, dtype=np.float64)
+        return _opencv_saliency(cv2.saliency.StaticSaliencySpectralResidual_create(), image,
+                                "SpectralResidual")
 
 
 @dataclass
@@ -505,11 +502,16 @@ class FineGrained(ClassicalSaliency):
     name: ClassVar[str] = "fine_grained"
 
     def _compute(self, image: np.ndarray) -> np.ndarray:
-        algo = cv2.saliency.StaticSaliencyFineGrained_create()
-        ok, sal = algo.computeSaliency(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise DataError("FineGrained", "cv2.saliency computeSaliency failed")
-        return np.asarray(sal, dtype=np.float64)
+        return _opencv_saliency(cv2.saliency.StaticSaliencyFineGrained_create(), image,
+                                "FineGrained")
+
+
+def _opencv_saliency(algo: Any, image: np.ndarray, name: str) -> np.ndarray:
+    """Run an OpenCV contrib ``cv2.saliency`` static algorithm on an RGB image."""
+    ok, sal = algo.computeSaliency(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise DataError(name, "cv2.saliency computeSaliency failed")
+    return np.asarray(sal, dtype=np.float64)
 
 
 CLASSICAL_MODELS: dict[str, type[ClassicalSaliency]] = {

@@ -67,10 +67,15 @@ def ids_of(params: Params, which: str) -> list[str]:
 
 def backbone(params: Params):
     from dissect.backbones import load_backbone
+    from dissect.errors import WeightsError
 
     b = params["backbone"]
-    return load_backbone(b["name"], weights=b["weights"],
-                         checkpoint=params.path(b.get("checkpoint")))
+    try:
+        return load_backbone(b["name"], weights=b["weights"],
+                             checkpoint=params.path(b.get("checkpoint")))
+    except WeightsError as exc:
+        raise WeightsError(f"{exc}\nIn the pipeline, set `backbone.checkpoint` in "
+                           f"{params.base / 'params.yaml'} to the file's path.") from exc
 
 
 def work(params: Params, *parts: str) -> Path:

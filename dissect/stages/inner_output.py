@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pandas as pd
 
 from dissect.config import Params
@@ -71,6 +70,7 @@ def run_inner_output(params: Params) -> None:
         output_difference,
         output_saliency,
         region_output_difference,
+        topk_mean,
         unit_anova_tukey,
     )
     from dissect.tables import write_table
@@ -99,11 +99,8 @@ def run_inner_output(params: Params) -> None:
                 common.assoc_store(params, model_name), [last]
             )[last]
             m, _ = category_means(assoc)
-            top = m.values.copy()
-            top = np.where(np.isnan(top), -np.inf, top)
-            top = np.sort(top, axis=0)[-k_top:]
-            top = np.where(np.isinf(top), np.nan, top)
-            inner = pd.Series(np.nanmean(top, axis=0), index=[str(c) for c in m["category"].values])
+            inner = pd.Series(topk_mean(m.values, k_top)[0],
+                              index=[str(c) for c in m["category"].values])
             table = os_c.merge(od_c[["category", "od"]], on="category")
             table["inner"] = table["category"].map(inner)
             table.insert(0, "model", model_name)
