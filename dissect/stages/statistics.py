@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import dask
 import pandas as pd
 
 from dissect.config import Params
@@ -31,20 +32,25 @@ def run_statistics(params: Params) -> pd.DataFrame:
               n_boot=int(s["n_boot"]), seed=int(s["seed"]))
     top = f"top{int(s['top_k'])}_mean"
     with stage_record(params.work, "statistics", {"stats": s}) as rec:
-        frames = []
         layers_pt = list(params["backbone"]["layers"])
         last = layers_pt[-1]
         n_stages = int(common.read_json(params, "train", "summary.json")["n_stages"])
-        for model in common.model_names(params):
-            path = common.assoc_store(params, model)
-            layers = layers_pt if model == "pt" else [last]
-            assoc = load_associations(path, layers)
-            log.info("statistics of %s (%s)", model, ", ".join(assoc))
+
+        def one(model: str, layer: str) -> pd.DataFrame:
+            assoc = load_associations(common.assoc_store(params, model), [layer])
             df = category_statistics(assoc, **kw)
             df.insert(0, "model", model)
             df.insert(1, "k", -1 if model == "pt" else k_value(model[1:], n_stages))
-            frames.append(df)
-        stats = pd.concat(frames, ignore_index=True)
+            return df
+
+        # one Dask task per (model, layer): each reads its association array and reduces it
+        tasks = [dask.delayed(one)(model, layer)
+                 for model in common.model_names(params)
+                 for layer in (layers_pt if model == "pt" else [last])]
+        log.info("statistics: %d (model, layer) tasks", len(tasks))
+        with common.scheduler(params) as client:
+            kw_compute = {} if client is not None else {"scheduler": "threads"}
+            stats = pd.concat(dask.compute(*tasks, **kw_compute), ignore_index=True)
         out = common.results(params, "tables", "statistics", "category_statistics")
         write_table(stats, out)
 
