@@ -23,10 +23,12 @@ from dissect.stages import common
 log = logging.getLogger("dissect.inner_output")
 
 
-def region_output_table(model, dataset, regions, ids, *, drop_first: bool, gt: dict,
+def region_output_table(models: dict, dataset, regions, ids, *, drop_first: bool, gt: dict,
                         progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per region: NSS of the prediction and of the GT density at its fixations; per image:
-    the prediction's NSS, CC and AUC-Judd against all the image's fixations."""
+    """For every readout in ``models`` ({name: SaliencyReadout}): per region, the NSS of the
+    prediction and of the GT density at the region's fixations; per image, the prediction's
+    NSS, CC and AUC-Judd against all the image's fixations. Images are the outer loop, so the
+    image, its fixations and its GT density are prepared once for all models."""
     import torch
     from tqdm.auto import tqdm
 
@@ -35,28 +37,31 @@ def region_output_table(model, dataset, regions, ids, *, drop_first: bool, gt: d
     from dissect.metrics import auc_judd, cc, nss, region_nss
 
     rows, perf = [], []
-    model.eval()
+    for model in models.values():
+        model.eval()
     for image_id in tqdm(ids, desc="predict", disable=not progress):
         stim = dataset[image_id]
         size = (stim.height, stim.width)
         points, point_regions = region_fixations(dataset, regions, image_id, drop_first=drop_first)
-        with torch.no_grad():
-            x = model.backbone.preprocess(dataset.load_image(image_id))
-            pred = model(x)[0].double().numpy()  # (h, w), upsampled exactly by region_nss
+        image = dataset.load_image(image_id)
         density = density_map(points, size, sigma_deg=gt["sigma_deg"],
                               px_per_degree=gt["px_per_degree"])
         reg = image_regions(regions, image_id)
-        if not reg.empty:
-            rid = reg["region"].tolist()
-            p = region_nss(pred[None], size, points, point_regions, regions=rid)[0]
-            g = region_nss(density[None], size, points, point_regions, regions=rid)[0]
-            rows.append(pd.DataFrame({"image": image_id, "region_id": rid,
-                                      "category": reg["category"].to_numpy(),
-                                      "nss_pred": p, "nss_gt": g}))
-        up = torch.nn.functional.interpolate(torch.from_numpy(pred)[None, None], size=size,
-                                             mode="bilinear", align_corners=False)[0, 0].numpy()
-        perf.append({"image": image_id, "nss": nss(up, points), "cc": cc(up, density),
-                     "auc_judd": auc_judd(up, points)})
+        rid = reg["region"].tolist()
+        g = region_nss(density[None], size, points, point_regions, regions=rid)[0] if rid else None
+        for name, model in models.items():
+            with torch.no_grad():
+                pred = model(model.backbone.preprocess(image))[0].double().numpy()  # (h, w)
+            if rid:  # region_nss upsamples the (h, w) prediction exactly
+                p = region_nss(pred[None], size, points, point_regions, regions=rid)[0]
+                rows.append(pd.DataFrame({"model": name, "image": image_id, "region_id": rid,
+                                          "category": reg["category"].to_numpy(),
+                                          "nss_pred": p, "nss_gt": g}))
+            up = torch.nn.functional.interpolate(torch.from_numpy(pred)[None, None], size=size,
+                                                 mode="bilinear",
+                                                 align_corners=False)[0, 0].numpy()
+            perf.append({"model": name, "image": image_id, "nss": nss(up, points),
+                         "cc": cc(up, density), "auc_judd": auc_judd(up, points)})
     return pd.concat(rows, ignore_index=True), pd.DataFrame(perf)
 
 
@@ -81,15 +86,15 @@ def run_inner_output(params: Params) -> None:
         dataset, regions = common.inputs(params)
         ids = common.ids_of(params, "heldout")
         base = common.backbone(params)
-        per_cat, spear, anovas, tukeys, perfs, regions_out = [], [], [], [], [], []
-        for model_name in common.model_names(params)[1:]:
-            readout, _ = load_readout(common.work(params, "readouts", model_name, "model.pt"),
-                                      base)
-            reg, perf = region_output_table(readout, dataset, regions, ids,
-                                            drop_first=bool(params["data"]["drop_first"]),
-                                            gt=params["gt"], progress=common.progress(params))
-            perf.insert(0, "model", model_name)
-            perfs.append(perf)
+        per_cat, spear, anovas, tukeys = [], [], [], []
+        names = common.model_names(params)[1:]
+        models = {name: load_readout(common.work(params, "readouts", name, "model.pt"), base)[0]
+                  for name in names}
+        all_regions, perf = region_output_table(
+            models, dataset, regions, ids, drop_first=bool(params["data"]["drop_first"]),
+            gt=params["gt"], progress=common.progress(params))
+        for model_name in names:
+            reg = all_regions[all_regions["model"] == model_name]
             cats = reg["category"].to_numpy()
             os_c = output_saliency(reg["nss_pred"].to_numpy(), cats)
             od_c = output_difference(reg["nss_pred"].to_numpy(), reg["nss_gt"].to_numpy(), cats)
@@ -115,16 +120,13 @@ def run_inner_output(params: Params) -> None:
             tk.insert(0, "model", model_name)
             anovas.append(ua.assign(test="unit_anova"))
             tukeys.append(tk)
-            reg.insert(0, "model", model_name)
-            regions_out.append(reg)
         res = lambda name: common.results(params, "tables", "inner_output", name)  # noqa: E731
         write_table(pd.concat(per_cat, ignore_index=True), res("inner_output"))
         write_table(pd.DataFrame(spear), res("inner_output_spearman"))
         write_table(pd.concat(anovas, ignore_index=True), res("anova"))
         write_table(pd.concat(tukeys, ignore_index=True), res("tukey_hsd"))
-        perf = pd.concat(perfs, ignore_index=True)
         summary = perf.groupby("model", sort=False)[["nss", "cc", "auc_judd"]].mean()
         write_table(summary.reset_index(), res("readout_performance"))
-        pd.concat(regions_out, ignore_index=True).to_csv(
+        all_regions.to_csv(
             common.work(params, "inner_output", "region_output.csv"), index=False)
         rec["spearman"] = spear
