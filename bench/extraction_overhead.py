@@ -10,11 +10,13 @@ Both sides run EfficientNet-Lite0 (real ImageNet weights) on the same images in 
   ``torch.no_grad`` and discard the result, in batches of the same size.
 
 The two alternate ``--repeat`` times and the best of each is kept. Images: the first ``--images``
-OSIE stimuli (sorted ids) when ``../shared/data/osie`` exists, else synthetic 600×800 JPEGs.
+(default 200, the size of the pipeline's held-out set, so the one-off store setup weighs as in
+the real stage) OSIE stimuli (sorted ids) when ``../shared/data/osie`` exists, else synthetic
+600×800 JPEGs.
 ``--breakdown`` adds serial timings of each part of the stage. The last line is
 ``overhead <ratio>``.
 
-    .venv/bin/python bench/extraction_overhead.py [--images 48] [--repeat 3] [--breakdown]
+    .venv/bin/python bench/extraction_overhead.py [--images 200] [--repeat 3] [--breakdown]
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def breakdown(dataset, backbone, layers, batch: int, dtype: str, store: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the parts of one stage run, serially")

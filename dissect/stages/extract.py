@@ -38,8 +38,11 @@ def extract_store(params: Params, dataset, backbone, layers, store: Path) -> Pat
     log.info("%s: %d of %d batches to compute", store.name, len(pending), plan.n_batches)
     tasks = [dask.delayed(extract_batch)(plan, b, dataset, backbone, force=True) for b in pending]
     with common.scheduler(params) as client:
-        # locally one worker: torch already uses every core inside a batch
-        kw = {} if client is not None else {"scheduler": "threads", "num_workers": 1}
+        # locally two threads: a model lock serialises the forward passes (torch already uses
+        # every core), so one batch's float16 cast and Zarr writes overlap the next batch's
+        # forward (bench/extraction_overhead.py: 1.03-1.08x a bare loop on 200 images, 1.68x
+        # with one thread)
+        kw = {} if client is not None else {"scheduler": "threads", "num_workers": 2}
         with TqdmCallback(desc=f"extract {store.stem}", disable=not common.progress(params)):
             dask.compute(*tasks, **kw)
     return store

@@ -144,6 +144,11 @@ def run_figures(params: Params) -> None:
         log.info("%d figures written", len(written))
 
 
+def _short(dimension: str) -> str:
+    """Row label of a pop-out dimension that fits beside a panel."""
+    return dimension.replace("conjunction_", "conj.\n").replace("_", "×")
+
+
 def _popout_examples(params: Params):
     from dissect.data.popout import load_set
     from dissect.figures import popout_examples
@@ -162,7 +167,7 @@ def _popout_examples(params: Params):
         if readout is not None:
             maps["readout k0"] = readout.predict(a.image)
         rows.append((a.image, a.mask, maps))
-        labels.append(dim)
+        labels.append(_short(dim))
     return popout_examples(rows, labels, title="Pop-out arrays and model maps")
 
 
@@ -198,7 +203,7 @@ def _popout_best_units(params: Params):
                 acts = cap.attribute(bb.preprocess(a.image))
             best = inner[inner["array"] == array_id].set_index("layer")
             rows.append({
-                "image": a.image, "mask": a.mask, "label": a.dimension,
+                "image": a.image, "mask": a.mask, "label": _short(a.dimension),
                 "maps": {ly: acts[ly][0, int(best.loc[ly, "best_unit"])].numpy() for ly in layers},
                 "units": {ly: int(best.loc[ly, "best_unit"]) for ly in layers},
                 "nmm": {ly: float(best.loc[ly, "best_nmm"]) for ly in layers},
