@@ -113,24 +113,8 @@ def read_salicon_mat(
             raise DataError(path, f"gaze({j + 1}) has no field {field!r}")
         xy = _points(getattr(g, field), path, f"gaze({j + 1}).{field}")
         x, y = _mat_to_zero_based(xy)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "image": name,
-                    "subject": j,
-                    "order": np.arange(len(x)),
-                    "x": x,
-                    "y": y,
-                    "duration": np.nan,
-                }
-            )
-        )
-    table = (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame(columns=list(FIXATION_COLUMNS))
-    )
-    return name, size, table[list(FIXATION_COLUMNS)]
+        parts.append(_fixation_frame(name, j, np.arange(len(x)), x, y))
+    return name, size, _concat(parts)
 
 
 def read_salicon_json(
@@ -171,24 +155,21 @@ def read_salicon_json(
         x, y = _json_to_zero_based(rc)
         first = seen.get((name, worker), 0)  # a worker's later annotations continue its order
         seen[(name, worker)] = first + len(x)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "image": name,
-                    "subject": worker,
-                    "order": first + np.arange(len(x)),
-                    "x": x,
-                    "y": y,
-                    "duration": np.nan,
-                }
-            )
-        )
-    table = (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame(columns=list(FIXATION_COLUMNS))
-    )
-    return sizes, files, table[list(FIXATION_COLUMNS)]
+        parts.append(_fixation_frame(name, worker, first + np.arange(len(x)), x, y))
+    return sizes, files, _concat(parts)
+
+
+def _fixation_frame(image: str, subject: int, order: np.ndarray, x: np.ndarray,
+                    y: np.ndarray) -> pd.DataFrame:
+    """One observer's fixations on one image (SALICON has no durations: NaN)."""
+    return pd.DataFrame({"image": image, "subject": subject, "order": order, "x": x, "y": y,
+                         "duration": np.nan})
+
+
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    table = (pd.concat(parts, ignore_index=True) if parts
+             else pd.DataFrame(columns=list(FIXATION_COLUMNS)))
+    return table[list(FIXATION_COLUMNS)]
 
 
 def _find_image(images: Path, name: str) -> Path | None:
