@@ -318,3 +318,13 @@ def test_sauc_splits_vs_reference():
     neg = s[nonfix[:, 1], nonfix[:, 0]]  # all of them in every split (order irrelevant)
     ref = auc_steps_reference(pos, neg)
     assert sauc(smap, pts, nonfix, n_splits=5, rng=3) == pytest.approx(ref, abs=1e-12)
+
+
+def test_nmm_takes_a_stack_of_masks():
+    from dissect.metrics import nmm
+
+    rng = np.random.default_rng(3)
+    s = rng.random((30, 40))
+    masks = rng.random((3, 30, 40)) > 0.7
+    np.testing.assert_array_equal(nmm(s, masks), [nmm(s, m) for m in masks])
+    assert np.isnan(nmm(np.ones((30, 40)), masks)).all()

@@ -192,7 +192,7 @@ def nss(saliency_map: ArrayLike, fixations: ArrayLike) -> float:
     return float(vals.mean())
 
 
-def nmm(saliency_map: ArrayLike, mask: ArrayLike) -> float:
+def nmm(saliency_map: ArrayLike, mask: ArrayLike) -> float | NDArray[np.float64]:
     """Normalised map mean of ``saliency_map`` inside the target ``mask`` (He et al. 2019, Eq. 4).
 
     Definition used (the paper's text could not be confirmed from the sources available when
@@ -200,12 +200,21 @@ def nmm(saliency_map: ArrayLike, mask: ArrayLike) -> float:
     of ``mask``, of the map standardised by its own mean and population std over the whole image,
     ``NMM = mean_{p in mask} (S(p) - mean(S)) / std(S)`` — i.e. NSS with the mask as the set of
     fixated pixels (each pixel once). A constant map → NaN; an empty mask, a mask of another
-    shape or a non-binary mask → ``DataError``.
+    shape or a non-binary mask → ``DataError``. A stack of masks ``(K, H, W)`` gives an array
+    ``(K,)``, the map standardised once.
     """
     s = _as_map(saliency_map, "saliency_map")
+    stacked = np.ndim(mask) == 3
+    masks = [_nmm_mask(m, s.shape) for m in (mask if stacked else [mask])]
+    z = _standardise(s)
+    out = np.array([float("nan") if z is None else float(z[m].mean()) for m in masks])
+    return out if stacked else float(out[0])
+
+
+def _nmm_mask(mask: ArrayLike, shape: tuple[int, ...]) -> NDArray[np.bool_]:
     m = np.asarray(mask)
-    if m.shape != s.shape:
-        raise DataError("mask", f"shape {m.shape} does not match saliency_map shape {s.shape}")
+    if m.shape != shape:
+        raise DataError("mask", f"shape {m.shape} does not match saliency_map shape {shape}")
     if m.dtype != np.bool_:
         mv = m.astype(np.float64)
         _check_finite(mv, "mask")
@@ -214,10 +223,7 @@ def nmm(saliency_map: ArrayLike, mask: ArrayLike) -> float:
         m = mv == 1
     if not m.any():
         raise DataError("mask", "is empty (no pixel inside the target)")
-    z = _standardise(s)
-    if z is None:
-        return float("nan")
-    return float(z[m].mean())
+    return m
 
 
 def auc_judd(saliency_map: ArrayLike, fixations: ArrayLike) -> float:

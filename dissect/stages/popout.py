@@ -40,18 +40,13 @@ def run_popout_arrays(params: Params) -> None:
         log.info("%d arrays written to %s", len(arrays), manifest.parent)
 
 
-def topk_mean(values: np.ndarray, k: int) -> float:
-    """Mean of the k largest finite values (NaN units, i.e. constant maps, excluded)."""
-    v = values[np.isfinite(values)]
-    return float(np.sort(v)[-k:].mean()) if v.size else float("nan")
-
-
 def inner_unit_nmm(backbone, layers, arrays, k: int, model: str) -> tuple[pd.DataFrame, dict]:
     """Per (layer, array): top-k mean NMM of the layer's units and the best unit."""
     import torch
 
     from dissect.capture import LayerCapture
     from dissect.metrics import unit_nmm
+    from dissect.statistics import topk_mean
 
     rows, best = [], {}
     with LayerCapture(backbone, list(layers)) as cap:
@@ -63,7 +58,7 @@ def inner_unit_nmm(backbone, layers, arrays, k: int, model: str) -> tuple[pd.Dat
                 v = unit_nmm(maps, a.mask.shape, a.mask)
                 u = int(np.nanargmax(v)) if np.isfinite(v).any() else -1
                 rows.append({"model": model, "layer": layer, "array": a.id,
-                             "dimension": a.dimension, "top_nmm": topk_mean(v, k),
+                             "dimension": a.dimension, "top_nmm": float(topk_mean(v, k)[0]),
                              "best_unit": u, "best_nmm": float(v[u]) if u >= 0 else np.nan,
                              "n_units": int(v.size), "n_constant": int((~np.isfinite(v)).sum())})
                 best[(model, layer, a.id)] = u
@@ -77,14 +72,12 @@ def map_nmm(saliency_map: np.ndarray, array) -> tuple[float, float]:
     from dissect.data.popout import item_masks
     from dissect.metrics import nmm, unit_nmm
 
+    masks = np.stack([array.mask, *item_masks(array)])  # target first, then each distractor
     if saliency_map.shape == array.mask.shape:
-        target = nmm(saliency_map, array.mask)
-        distractors = [nmm(saliency_map, m) for m in item_masks(array)]
+        values = nmm(saliency_map, masks)  # the map standardised once for all masks
     else:  # a feature-resolution map: exact bilinear upsampling inside unit_nmm
-        target = float(unit_nmm(saliency_map[None], array.mask.shape, array.mask)[0])
-        distractors = [float(unit_nmm(saliency_map[None], array.mask.shape, m)[0])
-                       for m in item_masks(array)]
-    return float(target), float(np.nanmean(distractors))
+        values = np.array([unit_nmm(saliency_map[None], array.mask.shape, m)[0] for m in masks])
+    return float(values[0]), float(np.nanmean(values[1:]))
 
 
 def nmm_row(model: str, kind: str, array, saliency_map: np.ndarray) -> dict:
