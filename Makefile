@@ -23,13 +23,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check dissect tests bench
 
 # All stages when OSIE is at the configured path; otherwise the pop-out stages only, with a
-# message saying how to get OSIE.
+# message saying how to get OSIE. `make repro PROFILE=quick` runs every stage on a few images
+# into work/quick/ (pipelines/profiles/quick.yaml), never touching results/ or dvc.lock.
+PROFILE ?=
 repro: $(STAMP)
 	@cd pipelines && export PATH="$(CURDIR)/$(VENV)/bin:$$PATH" && \
-	if $(CURDIR)/$(PY) -m dissect.stages.common --check-osie; then \
-	  dvc repro; \
+	export DISSECT_RUN_ID="$${DISSECT_RUN_ID:-$$(date -u +%Y%m%dT%H%M%SZ)}" && \
+	if $(CURDIR)/$(PY) -m dissect.stages.common --check-osie; then ONLY=; else ONLY=popout; fi; \
+	if [ -n "$(PROFILE)" ]; then \
+	  cd .. && $(PY) -m dissect.pipeline $(PROFILE) $${ONLY:+--popout-only}; \
 	else \
-	  dvc repro popout; \
+	  dvc repro $$ONLY; \
 	fi
 
 bench: $(STAMP)

@@ -1,8 +1,9 @@
 """``dissect <stage>``: one small command per pipeline stage (see ``pipelines/dvc.yaml``).
 
-Every stage reads ``--params`` (default ``pipelines/params.yaml``), accepts ``--set key=value``
-overrides (dotted keys, YAML values) and ``--scheduler`` (a dask.distributed address; default
-from params ``dask.scheduler`` or ``$DISSECT_SCHEDULER``; none = local threads).
+Every stage reads ``--params`` (default ``./params.yaml``, else ``./pipelines/params.yaml``),
+accepts ``--set key=value`` overrides (dotted keys, YAML values) and ``--scheduler`` (a
+dask.distributed address; default from params ``dask.scheduler`` or ``$DISSECT_SCHEDULER``;
+none = local threads).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for name, (_, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--params", default=None, help="params.yaml (default pipelines/params.yaml)")
+        p.add_argument("--params", default=None,
+                       help="params.yaml (default ./params.yaml, else ./pipelines/params.yaml)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a parameter, e.g. --set stats.threshold=2.0")
         p.add_argument("--scheduler", default=None,
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         params = load_params(args.params, overrides)
+        logging.getLogger("dissect").info("parameters: %s", params.base / params.file)
         run(params)
     except DissectError as exc:
         print(f"dissect {args.stage}: error: {exc}", file=sys.stderr)

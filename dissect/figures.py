@@ -11,17 +11,17 @@ matplotlib backend is left alone. Styling (fonts, spines) is applied per call wi
 =================================  ==========================================================
 function                           study analogue
 =================================  ==========================================================
-:func:`heatmap_layers`             Table 2: layers × categories (top-10 mean / count > T)
+:func:`heatmap_layers`             Table 2: layers × categories (top-k mean / count > T)
 :func:`heatmap_k`                  Table 3: fine-tuning depth k × categories
-:func:`improvement_bars`           Fig. 4: % improvement of the top-10 mean over pretrained
-:func:`inner_vs_output`            §6: inner top-10 mean vs output saliency (Spearman r_s)
+:func:`improvement_bars`           Fig. 4: % improvement of the top-k mean over pretrained
+:func:`inner_vs_output`            §6: inner top-k mean vs output saliency (Spearman r_s)
 :func:`unit_overlays`              Figs. 3/5/6: best-responding units of one region
 :func:`unit_overlay_grid`          Figs. 3/5/6, several regions (one row each)
 :func:`popout_examples`            Fig. 8: pop-out arrays and the models' saliency maps
 :func:`popout_best_units`          Fig. 9: best inner unit per layer on a pop-out array
 :func:`popout_bars`                Table 4 as a figure: mean NMM per model (95 % CI)
 :func:`confusion`                  scene-recognition confusion matrix
-:func:`training_curves`            training loss / validation NSS per epoch
+:func:`training_curves`            training loss (−NSS) / validation NSS per epoch
 :func:`task_maps`                  Fig. 11: one unit's map in the pt / sr / sp trunks
 =================================  ==========================================================
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -59,6 +60,7 @@ from dissect.metrics import point_pixels, region_nss, upsample_matrix
 
 __all__ = [
     "STAT_LABELS",
+    "stat_label",
     "save_figure",
     "heatmap_layers",
     "heatmap_k",
@@ -78,10 +80,19 @@ __all__ = [
 DEFAULT_DPI = 200
 
 STAT_LABELS: dict[str, str] = {
-    "top10_mean": "top-10 mean NSS",
     "count_above_T": "number of units with m > T",
 }
-"""Colour-bar labels of the statistics of :mod:`dissect.statistics`."""
+"""Colour-bar labels of the statistics of :mod:`dissect.statistics` (``top<k>_mean`` is named
+by :func:`stat_label` for any k)."""
+
+_TOPK = re.compile(r"top(\d+)_mean")
+
+
+def stat_label(stat: str) -> str:
+    """Display name of a statistic: ``"top5_mean"`` → ``"top-5 mean NSS"``; the others from
+    :data:`STAT_LABELS`, else the name itself."""
+    m = _TOPK.fullmatch(str(stat))
+    return f"top-{m.group(1)} mean NSS" if m else STAT_LABELS.get(stat, stat)
 
 TASK_TITLES: dict[str, str] = {
     "pt": "pt: ImageNet-pretrained",
@@ -369,7 +380,7 @@ def _stat_heatmap(
     ax.patch.set_facecolor("0.93")
     ax.patch.set_hatch(_MISSING_HATCH)
     ax.patch.set_edgecolor("0.7")
-    base = STAT_LABELS.get(stat, stat)
+    base = stat_label(stat)
     if excess:
         lim = float(np.max(np.abs(finite))) if finite.size else 1.0
         lim = lim if lim > 0 else 1.0
@@ -486,13 +497,15 @@ def improvement_bars(
     improvement: pd.DataFrame,
     value: str = "improvement_pct",
     *,
+    top_k: int = 10,
     ylabel: str | None = None,
     title: str | None = None,
 ) -> Figure:
     """Fig. 4: per category, one bar per k (ordered palette, given k order), a zero line.
 
     ``improvement`` has columns ``k, category, improvement_pct`` (or the column named by
-    ``value``, e.g. ``excess_improvement_pct``). A NaN value is marked "n/a" at the bar's place.
+    ``value``, e.g. ``excess_improvement_pct``) of the top-``top_k`` mean (the default y label
+    names it). A NaN value is marked "n/a" at the bar's place.
     """
     source = "improvement table (improvement_bars)"
     df = _require_columns(improvement, ["k", "category", value], source)
@@ -518,10 +531,8 @@ def improvement_bars(
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, cats, rotation=40, ha="right", rotation_mode="anchor")
     ax.set_xlim(-0.6, len(cats) - 0.4)
-    default = (
-        "% improvement of top-10 mean over pretrained"
-        if value == "improvement_pct"
-        else f"% improvement of top-10 mean over pretrained ({value})"
+    default = f"% improvement of top-{int(top_k)} mean over pretrained" + (
+        "" if value == "improvement_pct" else f" ({value})"
     )
     ax.set_ylabel(ylabel if ylabel is not None else default)
     ax.set_xlabel("region category")
@@ -597,9 +608,13 @@ def inner_vs_output(
     p: float,
     *,
     y: str = "os",
+    x: str = "inner",
+    top_k: int = 10,
     title: str | None = None,
 ) -> Figure:
-    """Scatter of the inner top-10 mean (x) against output saliency OS (y; or ``y="od"``).
+    """Scatter of the inner top-``top_k`` mean (x) against output saliency OS (y; or
+    ``y="od"``). ``x="inner_excess"`` plots the null-corrected inner saliency (top-k mean −
+    permutation-null mean) instead; ``r_s`` and ``p`` must then be its correlation.
 
     ``table`` has columns ``category, inner, os, od, n_regions`` (one row per category); each
     point is labelled with its category and coloured by the study's cluster (head vs rest). The
@@ -607,11 +622,11 @@ def inner_vs_output(
     "r_s = 0.xx (p = …)". Categories with an undefined value are listed under the plot.
     """
     source = "inner vs output table (inner_vs_output)"
-    df = _require_columns(table, ["category", "inner", y], source)
+    df = _require_columns(table, ["category", x, y], source)
     df, cats = _normalise_categories(df, source)
     _check_duplicates(df, ["category"], source)
     df = df.set_index("category").loc[cats]
-    xs, ys = df["inner"].astype(float).to_numpy(), df[y].astype(float).to_numpy()
+    xs, ys = df[x].astype(float).to_numpy(), df[y].astype(float).to_numpy()
     ok = np.isfinite(xs) & np.isfinite(ys)
     cluster = np.array([BY_NAME[c].cluster for c in cats])
     colors = {"head": "#c0392b", "rest": "#2c6fbb"}
@@ -634,7 +649,8 @@ def inner_vs_output(
     xr_, yr_ = np.ptp(xs[ok]) if ok.any() else 1.0, np.ptp(ys[ok]) if ok.any() else 1.0
     if ok.any():
         ax.margins(x=0.18 if xr_ > 0 else 0.5, y=0.12 if yr_ > 0 else 0.5)
-    ax.set_xlabel("inner: top-10 mean NSS")
+    ax.set_xlabel({"inner": f"inner: top-{int(top_k)} mean NSS",
+                   "inner_excess": f"inner: top-{int(top_k)} mean NSS − null mean"}.get(x, x))
     ax.set_ylabel({"os": "output saliency (OS)", "od": "output difference (OD)"}.get(y, y))
     ax.legend(loc="best", frameon=False)
     head = f"r_s = {r_s:.2f} (p = {_fmt_p(p)})"
@@ -1055,13 +1071,16 @@ def training_curves(
     history: pd.DataFrame,
     by: str | None = None,
     *,
+    loss_label: str = "training loss (−NSS)",
     title: str | None = None,
 ) -> Figure:
     """Training loss and validation NSS per epoch, one line per ``by`` group.
 
     ``history`` has columns ``epoch, train_loss, val_nss`` and a grouping column (``by``; by
     default ``model`` if present, else ``k``). Groups keep their order of first appearance and get
-    an ordered palette. Epochs without validation (NaN) leave a gap.
+    an ordered palette. Epochs without validation (NaN) leave a gap. The saliency readouts are
+    trained by minimising −NSS (He et al. §3), so ``train_loss`` is −NSS and the default
+    ``loss_label`` says so; pass another for another loss.
     """
     source = "training history (training_curves)"
     df = _require_columns(history, ["epoch", "train_loss", "val_nss"], source)
@@ -1088,7 +1107,7 @@ def training_curves(
                 color=color,
                 label=label,
             )
-    axes[0].set_ylabel("training loss")
+    axes[0].set_ylabel(loss_label)
     axes[1].set_ylabel("validation NSS")
     for ax in axes:
         ax.set_xlabel("epoch")

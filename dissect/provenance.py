@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import sys
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -30,11 +32,13 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return out
 
 
-def hash_files(paths, *, chunk: int = 1 << 20) -> str:
-    """sha256 (16 hex) over the names and bytes of files, in sorted order."""
+def hash_files(paths, *, root: str | Path | None = None, chunk: int = 1 << 20) -> str:
+    """sha256 (16 hex) over the names and bytes of files, in sorted order. A file's name is its
+    path relative to ``root`` when given (so files of the same name in two sub-folders differ),
+    else its base name — never an absolute path, so the hash is the same in every clone."""
     h = hashlib.sha256()
     for p in sorted(Path(p) for p in paths):
-        h.update(p.name.encode())
+        h.update((p.relative_to(root).as_posix() if root is not None else p.name).encode())
         with open(p, "rb") as fh:
             while block := fh.read(chunk):
                 h.update(block)
@@ -49,10 +53,16 @@ def stage_record(work: Path, stage: str, params: dict[str, Any] | None = None):
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "params": params or {},
         "versions": versions(),
+        # `make repro` sets DISSECT_RUN_ID once per run, so the report can tell which records
+        # come from the same run
+        "run": os.environ.get("DISSECT_RUN_ID"),
     }
     t0 = time.perf_counter()
     yield record
     record["seconds"] = round(time.perf_counter() - t0, 2)
+    torch = sys.modules.get("torch")  # recorded when the stage used torch (results depend on it)
+    if torch is not None:
+        record["torch_threads"] = torch.get_num_threads()
     out = Path(work) / "provenance" / f"{stage}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, default=str))

@@ -27,8 +27,8 @@ a mismatch raises :class:`~dissect.errors.StaleCacheError`); each image's tensor
 image id plus a SHA-1 of the image file (a changed file is recomputed). An image's entry is
 marked complete only after its data are written, so an interrupted build simply resumes.
 
-The training loop lives in :mod:`dissect.training` (re-exported here as :func:`train_readout`
-and :class:`TrainResult`).
+The training loop lives in :mod:`dissect.training`, which imports this module (never the
+other way round).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ __all__ = [
     "image_fingerprint",
     "save_readout",
     "load_readout",
-]  # plus train_readout / TrainResult, re-exported lazily from dissect.training
+]
 
 Setup = int | Literal["all"]
 CACHE_FORMAT = "dissect.prefix-cache/1"
@@ -472,10 +472,3 @@ def load_readout(path: str | Path, backbone: Any) -> tuple[SaliencyReadout, dict
     model.load_tuned_state_dict(payload["state"])
     return model, dict(payload["metadata"])
 
-
-def __getattr__(name: str):  # lazy re-export of the training loop (avoids an import cycle)
-    if name in ("train_readout", "TrainResult"):
-        from dissect import training
-
-        return getattr(training, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

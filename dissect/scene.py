@@ -4,8 +4,9 @@ To ask whether saliency fine-tuning changes the inner representation because of 
 because of the *data*, the study fine-tunes the same pretrained trunk on the same images for a
 different task, scene recognition, and compares both fine-tuned trunks (sp: saliency, sr: scene)
 with the pretrained one (pt). As in the study, only the last convolutional stage of the trunk is
-fine-tuned (conv5_3 for VGG-16; the ``head`` stage for EfficientNet-Lite0; ``tune_stages`` picks
-others), together with three fully connected layers:
+fine-tuned by default (conv5_3 for VGG-16; the ``head`` stage for EfficientNet-Lite0;
+``tune_stages`` picks others: the pipeline's ``scene.tuned_stages``, which also selects the
+saliency readout ``k<tuned_stages>`` used as sp), together with three fully connected layers:
 
     features = GAP(trunk(x))                    global average pooling of the last trunk layer
     h1 = Dropout(ReLU(W1 features + b1))        C → hidden[0]     (default 512)
@@ -13,9 +14,10 @@ others), together with three fully connected layers:
     logits = W3 h2 + b3                         hidden[1] → n_classes
 
 with C the channels of the last trunk layer (512 for VGG-16, 1280 for EfficientNet-Lite0) and
-dropout p = 0.5. The loss is class-weighted cross-entropy, ``w_c = N / (K · n_c)`` (N training
-images, K classes, n_c training images of class c: inversely proportional to class frequency,
-mean weight over images = 1), which compensates imbalanced scene categories.
+dropout p = 0.5 by default (the pipeline's ``scene.hidden`` and ``scene.dropout``). The loss
+is class-weighted cross-entropy, ``w_c = N / (K · n_c)`` (N training images, K classes, n_c
+training images of class c: inversely proportional to class frequency, mean weight over images
+= 1), which compensates imbalanced scene categories.
 
 Since the frozen prefix (all stages before the tuned ones) never changes, its outputs are
 computed once per image and cached in Zarr (``cache_dir``) with the saliency side's
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -73,12 +74,15 @@ __all__ = [
 
 
 def resolve_tune_stages(stage_names: Sequence[str], tune_stages: int | Sequence[str]) -> list[str]:
-    """Names of the stages to fine-tune: the last ``k`` (int) or the given names.
+    """Names of the stages to fine-tune: the last ``k`` (int), ``"all"`` (every stage, as the
+    saliency readout's ``k = "all"``), or the given names.
 
     The tuned stages must be the trunk's last stages (a contiguous suffix), so that everything
     before them is a frozen prefix whose outputs can be cached.
     """
     names = list(stage_names)
+    if isinstance(tune_stages, str) and tune_stages == "all" and "all" not in names:
+        return names
     if isinstance(tune_stages, int | np.integer):
         k = int(tune_stages)
         if not 0 <= k <= len(names):
@@ -108,10 +112,10 @@ class SceneClassifier(nn.Module):
     Args:
         backbone: a ``Backbone`` (``.stages``, ``.model``, ``.layers``, ``.weights_id``...).
         classes: scene category names, in class-index order.
-        tune_stages: number of last stages to fine-tune (default 1: conv5_3 / head), or their
-            names.
-        hidden: sizes of the two hidden fully connected layers.
-        dropout: dropout probability after each hidden layer.
+        tune_stages: number of last stages to fine-tune (default 1: conv5_3 / head), ``"all"``,
+            or their names (the pipeline's ``scene.tuned_stages``).
+        hidden: sizes of the two hidden fully connected layers (``scene.hidden``).
+        dropout: dropout probability after each hidden layer (``scene.dropout``).
         freeze_bn: keep BatchNorm running statistics of the tuned stages fixed.
         in_channels: channels of the last trunk layer; found by a dummy forward when None.
         seed: seed of the head's initialisation.
@@ -211,12 +215,11 @@ class SceneClassifier(nn.Module):
 
     # -- the fine-tuned trunk ---------------------------------------------------------------
     def tuned_digest(self) -> str:
-        """sha256 (12 hex) of the tuned stages' weights and buffers."""
-        h = hashlib.sha256()
-        for k, v in sorted(self.tuned.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:12]
+        """sha256 (12 hex) of the tuned stages' weights and buffers
+        (:func:`dissect.backbones.state_dict_sha256`, the package's one state-dict hash)."""
+        from dissect.backbones import state_dict_sha256
+
+        return state_dict_sha256(self.tuned, 12)
 
     def trunk_backbone(self) -> Any:
         """The fine-tuned trunk as a Backbone: a deep copy with the same ``stages``/``layers``

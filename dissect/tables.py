@@ -4,13 +4,18 @@ The long table of :func:`dissect.statistics.category_statistics` is the single s
 pivots are views of it:
 
 * :func:`pivot_layers` — Table 2 analogue: layers × categories.
-* :func:`pivot_k` — Table 3 analogue: fine-tuning ``k`` × categories.
+* :func:`pivot_k` — Table 3 analogue: fine-tuned models (ordered by ``k``) × categories.
+* :func:`pivot_models` — Table 7 analogue: categories × (statistic, model) for pt / sp / sr.
 
-Cell format (documented, used by both pivots): ``value`` then a star when ``p_value < alpha``
+Cell format (documented, used by every pivot): ``value`` then a star when ``p_value < alpha``
 (0.05), then the null mean in parentheses, e.g. ``2.41* (1.62)``: the top-10 mean is 2.41,
 significantly above the label-permutation null whose mean is 1.62. Counts are written as
-integers (``37* (5.2)``). A cell is empty where the statistic is undefined. Category columns
-follow :data:`dissect.categories.NAMES` display order, only categories present.
+integers (``37* (5.2)``). With ``cells="excess"`` a cell is the excess over the null with its
+bootstrap interval, ``0.79* [0.52, 1.10]`` (:func:`format_interval`). A cell is empty where the
+statistic is undefined. Category columns follow :data:`dissect.categories.NAMES` display order,
+only categories present. :func:`stats_caption` writes the line under a pivot that says what a
+cell is, which null and which interval (method, level) — :func:`write_table` appends it to the
+Markdown file.
 
 Markdown is written by :func:`markdown_table` (pipe tables; ``tabulate`` is not a dependency).
 """
@@ -75,17 +80,22 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f", index: bool | None =
 
 
 def write_table(
-    df: pd.DataFrame, path_stem: str | Path, floatfmt: str = ".3f"
-) -> tuple[Path, Path]:
+    df: pd.DataFrame, path_stem: str | Path, floatfmt: str = ".3f", *,
+    caption: str | None = None, markdown: pd.DataFrame | None = None,
+) -> tuple[Path, Path]:  # fmt: skip
     """Write ``df`` as ``<path_stem>.csv`` (full precision, no index unless it is meaningful)
-    and ``<path_stem>.md`` (:func:`markdown_table`). Parent folders are created. Returns both
-    paths."""
+    and ``<path_stem>.md`` (:func:`markdown_table` of ``markdown`` if given — e.g. a pivot of
+    the tidy ``df`` — else of ``df``), followed by ``caption`` as a paragraph when given.
+    Parent folders are created. Returns both paths."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv, md = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
     keep_index = not (isinstance(df.index, pd.RangeIndex) and df.index.name is None)
     df.to_csv(csv, index=keep_index)
-    md.write_text(markdown_table(df, floatfmt=floatfmt), encoding="utf-8")
+    text = markdown_table(df if markdown is None else markdown, floatfmt=floatfmt)
+    if caption:
+        text += "\n" + caption.strip() + "\n"
+    md.write_text(text, encoding="utf-8")
     return csv, md
 
 
@@ -106,9 +116,70 @@ def format_cell(
     return text
 
 
+def format_interval(
+    value: float, low: float, high: float, p_value: float | None = None, *, count: bool = False,
+    digits: int = 2, alpha: float = 0.05,
+) -> str:  # fmt: skip
+    """``"0.79* [0.52, 1.10]"``: an estimate (e.g. the excess over the null), a star when
+    ``p_value < alpha``, and its interval in brackets (``[n/a]`` when the interval is undefined).
+    Counts (``count=True``) with one decimal (an excess count is a difference of means). Empty
+    for a NaN estimate."""
+    if value is None or not np.isfinite(value):
+        return ""
+    d = 1 if count else digits
+    text = f"{value:.{d}f}"
+    if p_value is not None and np.isfinite(p_value) and p_value < alpha:
+        text += "*"
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return text + " [n/a]"
+    return text + f" [{low:.{d}f}, {high:.{d}f}]"
+
+
+NULL_TEXT = {
+    "labels": "category labels permuted across regions",
+    "images": "category labels permuted within each image",
+}
+
+CELLS: tuple[str, ...] = ("value", "excess")
+"""What a pivot cell shows: ``value* (null mean)`` or ``excess* [interval]``."""
+
+
+def topk_stat(stats_df: pd.DataFrame, source: str = "pivot") -> str:
+    """The single top-k mean statistic (``f"top{k}_mean"``) of a long statistics table: the
+    default of the pivots, so that they follow ``stats.top_k`` instead of assuming 10."""
+    tops = sorted({str(s) for s in stats_df["stat"].unique()
+                   if str(s).startswith("top") and str(s).endswith("_mean")})  # fmt: skip
+    if len(tops) != 1:
+        raise DataError(source, f"give `stat`: top-k statistics present are {tops}")
+    return tops[0]
+
+
+def _cells(df: pd.DataFrame, stat: str, cells: str, digits: int, alpha: float,
+           show_null: bool, source: str) -> list[str]:  # fmt: skip
+    count = stat.startswith("count")
+    if cells == "value":
+        return [
+            format_cell(v, n, p, count=count, digits=digits, alpha=alpha, show_null=show_null)
+            for v, n, p in zip(df["value"], df["null_mean"], df["p_value"], strict=True)
+        ]
+    need = {"excess", "excess_ci_low", "excess_ci_high"}
+    if not need <= set(df.columns):
+        raise DataError(source, f"table lacks columns {sorted(need - set(df.columns))}")
+    return [
+        format_interval(e, lo, hi, p, count=count, digits=digits, alpha=alpha)
+        for e, lo, hi, p in zip(df["excess"], df["excess_ci_low"], df["excess_ci_high"],
+                                df["p_value"], strict=True)  # fmt: skip
+    ]
+
+
 def _pivot(
-    stats_df: pd.DataFrame, stat: str, row: str, digits: int, alpha: float, show_null: bool
-) -> pd.DataFrame:
+    stats_df: pd.DataFrame, stat: str | None, row: str, digits: int, alpha: float,
+    show_null: bool, cells: str = "value", order: list | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    if cells not in CELLS:
+        raise DataError("pivot", f"cells must be one of {CELLS}, got {cells!r}")
+    if "stat" in stats_df and stat is None:
+        stat = topk_stat(stats_df, f"pivot by {row!r}")
     source = f"pivot of {stat!r} by {row!r}"
     need = {row, "category", "stat", "value", "null_mean", "p_value"}
     if not need <= set(stats_df.columns):
@@ -123,15 +194,9 @@ def _pivot(
         raise DataError(source, f"unknown categories {unknown}")
     if df.duplicated([row, "category"]).any():
         raise DataError(source, f"several rows per ({row}, category); filter the table first")
-    count = stat.startswith("count")
-    cells = [
-        format_cell(v, n, p, count=count, digits=digits, alpha=alpha, show_null=show_null)
-        for v, n, p in zip(df["value"], df["null_mean"], df["p_value"], strict=True)
-    ]
-    wide = df.assign(cell=cells).pivot(index=row, columns="category", values="cell")
-    rows = list(pd.unique(df[row]))
-    if row == "k":
-        rows = sorted(rows)
+    text = _cells(df, stat, cells, digits, alpha, show_null, source)
+    wide = df.assign(cell=text).pivot(index=row, columns="category", values="cell")
+    rows = order if order is not None else list(pd.unique(df[row]))
     cols = [c for c in NAMES if c in set(df["category"])]
     wide = wide.reindex(index=rows, columns=cols).fillna("")
     wide.columns.name = None
@@ -140,20 +205,27 @@ def _pivot(
 
 
 def pivot_layers(
-    stats_df: pd.DataFrame, stat: str = "top10_mean", *, digits: int = 2, alpha: float = 0.05,
-    show_null: bool = True,
+    stats_df: pd.DataFrame, stat: str | None = None, *, cells: str = "value", digits: int = 2,
+    alpha: float = 0.05, show_null: bool = True,
 ) -> pd.DataFrame:  # fmt: skip
     """Table 2 analogue: layers (in order of appearance) × categories, cells
-    :func:`format_cell` (``"2.41* (1.62)"``)."""
-    return _pivot(stats_df, stat, "layer", digits, alpha, show_null)
+    :func:`format_cell` (``"2.41* (1.62)"``) or, with ``cells="excess"``,
+    :func:`format_interval` of the excess over the null. ``stat``: default the table's single
+    ``top{k}_mean`` statistic (:func:`topk_stat`)."""
+    return _pivot(stats_df, stat, "layer", digits, alpha, show_null, cells)
 
 
 def pivot_k(
-    stats_df: pd.DataFrame, stat: str = "top10_mean", *, layer: str | None = None,
-    digits: int = 2, alpha: float = 0.05, show_null: bool = True,
+    stats_df: pd.DataFrame, stat: str | None = None, *, layer: str | None = None,
+    cells: str = "value", digits: int = 2, alpha: float = 0.05, show_null: bool = True,
 ) -> pd.DataFrame:  # fmt: skip
-    """Table 3 analogue: fine-tuning ``k`` (ascending) × categories for one layer. ``layer`` is
-    required when the table holds several layers."""
+    """Table 3 analogue: fine-tuned models × categories for one layer, rows in ascending ``k``.
+
+    Rows are labelled by the ``model`` column when the table has one (the caller passes display
+    names, e.g. ``"k0"`` … ``"k6"``, ``"all"`` — never the number of stages behind "all"),
+    else by ``k``. ``layer`` is required when the table holds several layers. ``stat`` and
+    ``cells`` as in :func:`pivot_layers`.
+    """
     df = stats_df
     if "layer" in df:
         layers = list(pd.unique(df["layer"]))
@@ -163,4 +235,88 @@ def pivot_k(
             if layer not in layers:
                 raise DataError("pivot_k", f"layer {layer!r} not in the table (have {layers})")
             df = df.loc[df["layer"] == layer]
-    return _pivot(df, stat, "k", digits, alpha, show_null)
+    if "k" not in df:
+        raise DataError("pivot_k", "table lacks column 'k'")
+    row = "model" if "model" in df else "k"
+    order = list(pd.unique(df.sort_values("k", kind="stable")[row]))
+    if row == "model" and df.groupby("model")["k"].nunique().gt(1).any():
+        raise DataError("pivot_k", "a model label stands for several k")
+    return _pivot(df, stat, row, digits, alpha, show_null, cells, order)
+
+
+def pivot_models(
+    stats_df: pd.DataFrame, stats: list[str] | None = None, *, models: list[str] | None = None,
+    digits: int = 2, alpha: float = 0.05, show_null: bool = True,
+) -> pd.DataFrame:  # fmt: skip
+    """Table 7 analogue: categories (rows, :data:`NAMES` order) × one column per statistic and
+    model, named ``"<stat> <model>"`` (e.g. ``"top10_mean pt"``), cells :func:`format_cell`.
+
+    ``stats_df``: a long statistics table with a ``model`` column (one layer). ``stats``:
+    default every statistic present, top-k mean first; ``models``: default in order of
+    appearance (pt, sp, sr).
+    """
+    source = "pivot_models"
+    if "model" not in stats_df:
+        raise DataError(source, "table lacks column 'model'")
+    if stats is None:
+        present = [str(s) for s in pd.unique(stats_df["stat"])]
+        stats = sorted(present, key=lambda s: (not s.startswith("top"), present.index(s)))
+    if models is None:
+        models = [str(m) for m in pd.unique(stats_df["model"])]
+    blocks = []
+    for stat in stats:
+        wide = _pivot(stats_df, stat, "model", digits, alpha, show_null, "value", models)
+        wide = wide.T.reindex(columns=models)
+        wide.columns = [f"{stat} {m}" for m in models]
+        blocks.append(wide)
+    out = pd.concat(blocks, axis=1).fillna("")
+    out.index.name = "category"
+    return out
+
+
+def stats_caption(
+    stats_df: pd.DataFrame, stat: str, *, cells: str = "value", n_null: int | None = None,
+    n_boot: int | None = None, alpha: float = 0.05, tidy: str | None = None,
+) -> str:  # fmt: skip
+    """The line under a pivot: what a cell shows, the permutation null, and — for the excess
+    cells — the interval's method and level, read from the table's ``null``, ``ci_method``,
+    and ``ci_level`` columns (where present), with the number of cells
+    whose interval fell back to another method (see
+    :func:`dissect.statistics.bootstrap_interval`). ``tidy``: the file holding every column."""
+    df = stats_df.loc[stats_df["stat"] == stat] if "stat" in stats_df else stats_df
+    what = (
+        f"number of units with NSS > T ({stat})" if stat.startswith("count")
+        else f"{stat.replace('_mean', '').replace('top', 'top-')} mean NSS ({stat})"
+    )  # fmt: skip
+    null = _single(df, "null")
+    null_text = NULL_TEXT.get(null, null)
+    perm = f"{n_null} permutations" if n_null else "permutations"
+    null_part = f"{perm}{f', {null_text}' if null_text else ''}"
+    if cells == "value":
+        text = (f"Cells: {what}, `*` = permutation p < {alpha:g} ({null_part}), null mean in "
+                "parentheses.")  # fmt: skip
+    else:
+        method = _single(df, "ci_method") or "bootstrap"
+        level = _single(df, "ci_level")
+        level_text = f"{100 * float(level):g}%" if level not in (None, "") else ""
+        boots = f"{n_boot} " if n_boot else ""
+        text = (f"Cells: excess of the {what} over the permutation null mean (value − null "
+                f"mean), `*` = permutation p < {alpha:g} ({null_part}); in brackets its "
+                f"{level_text} {method} interval from {boots}image-bootstrap resamples, the "
+                "null recomputed on every resample.").replace("  ", " ")  # fmt: skip
+        if "excess_ci_used" in df:
+            used = df["excess_ci_used"].astype(str)
+            other = used[(used != method) & (used != "none")].value_counts()
+            if len(other):
+                text += " Fallbacks: " + ", ".join(f"{n} cell(s) {m}" for m, n in other.items())
+                text += "."
+    if tidy:
+        text += f" Every column (intervals, counts): `{tidy}`."
+    return text
+
+
+def _single(df: pd.DataFrame, col: str) -> Any:
+    if col not in df:
+        return None
+    vals = pd.unique(df[col].dropna())
+    return vals[0] if len(vals) == 1 else None

@@ -12,6 +12,8 @@ on the same images for scene recognition (:mod:`dissect.scene`) and compares:
   items (categories, or units), the change of a statistic from pt under saliency fine-tuning,
   Δsp = sp − pt, against its change under scene fine-tuning, Δsr = sr − pt, with a sign-flip
   permutation test.
+* **Table 7** (:func:`task_statistics`): the category statistics of the last trunk layer of
+  pt, sp and sr side by side, and the paired test of each statistic over categories.
 
 Fine-tuned trunks of either side come out as Backbones with :func:`finetuned_trunk`, so the unit
 analyses run on them exactly as on the pretrained trunk.
@@ -20,7 +22,6 @@ analyses run on them exactly as on the pretrained trunk.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -28,9 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import xarray as xr
 from scipy import stats
 
 from dissect.errors import DataError
+from dissect.statistics import STAT_COLUMNS, category_statistics
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ __all__ = [
     "table8",
     "paired_deltas",
     "paired_permutation_test",
+    "task_statistics",
 ]
 
 
@@ -63,11 +67,10 @@ def finetuned_trunk(model: Any, tag: str | None = None) -> Any:
     bb.model.cpu().eval()
     for p in bb.model.parameters():
         p.requires_grad_(False)
-    h = hashlib.sha256()
-    for k, v in sorted(bb.model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().contiguous().numpy().tobytes())
-    bb.weights_id = f"{bb.weights_id}+{tag or type(model).__name__}:{h.hexdigest()[:12]}"
+    from dissect.backbones import state_dict_sha256  # the package's one state-dict hash
+
+    digest = state_dict_sha256(bb.model, 12)
+    bb.weights_id = f"{bb.weights_id}+{tag or type(model).__name__}:{digest}"
     return bb
 
 
@@ -374,3 +377,78 @@ def paired_permutation_test(
             }
         ]
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Table 7
+
+
+def task_statistics(
+    stats_table: pd.DataFrame,
+    sr_assoc: Any,
+    sp_model: str,
+    *,
+    n_perm: int = 10000,
+    statistic: str = "abs",
+    **statistics_kwargs: Any,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 7 (He et al. §8): the category statistics of one trunk layer for pt (pretrained),
+    sp (saliency-tuned) and sr (scene-tuned), and a paired sign-flip test per statistic.
+
+    ``stats_table``: the statistics stage's long table
+    (:func:`dissect.statistics.category_statistics` rows with a ``model`` column; may hold
+    other models and layers). ``sr_assoc``: the scene trunk's association array of the compared
+    layer (a DataArray with ``attrs["layer"]``, or a one-entry ``{layer: DataArray}``
+    mapping); its statistics are computed here with
+    ``statistics_kwargs`` (the same ``k, threshold, n_null, n_boot, seed, …`` as the table, so
+    the three models are comparable). ``sp_model``: the model of ``stats_table`` used as sp (the
+    readout with as many tuned stages as the scene model, e.g. ``"k1"``).
+
+    For each statistic, ``Δsp = sp − pt`` and ``Δsr = sr − pt`` per category
+    (:func:`paired_deltas`) go to :func:`paired_permutation_test` (``n_perm``, ``statistic``,
+    seed = ``statistics_kwargs["seed"]``, default 0): ``T = mean_c |Δsp_c| − |Δsr_c|``, exact
+    over all 2^12 sign vectors for 12 categories.
+
+    Returns ``(table7, tests)``: the long table of the three models (``model`` = pt / sp / sr,
+    then the :data:`dissect.statistics.STAT_COLUMNS`; pt and sp rows copied from the table), and
+    one test row per statistic (``stat`` + the columns of :func:`paired_permutation_test`).
+    A model without rows for the layer, or categories missing for a model, raise
+    :class:`DataError`.
+    """
+    if isinstance(sr_assoc, Mapping):
+        if len(sr_assoc) != 1:
+            raise DataError("sr associations", f"expected one layer, got {list(sr_assoc)}")
+        layer, da = next(iter(sr_assoc.items()))
+        layer = str(layer)
+    elif isinstance(sr_assoc, xr.DataArray):
+        layer, da = str(sr_assoc.attrs.get("layer", "")), sr_assoc
+        if not layer:
+            raise DataError("sr associations", "the DataArray has no attrs['layer']")
+    else:
+        raise DataError("sr associations", f"expected a DataArray or a mapping, got "
+                        f"{type(sr_assoc).__name__}")  # fmt: skip
+    need = {"model", "layer", "category", "stat", "value"}
+    if not need <= set(stats_table.columns):
+        missing = sorted(need - set(stats_table.columns))
+        raise DataError("statistics table", f"missing columns {missing}")
+    cols = [c for c in STAT_COLUMNS if c in stats_table.columns]
+    parts = []
+    for model, name in (("pt", "pt"), (sp_model, "sp")):
+        st = stats_table
+        rows = st[(st["model"].astype(str) == model) & (st["layer"].astype(str) == layer)]
+        if rows.empty:
+            raise DataError("statistics table", f"no rows for model {model!r} at layer {layer!r}")
+        parts.append(rows[cols].assign(model=name))
+    sr = category_statistics({layer: da}, **statistics_kwargs)
+    parts.append(sr[[c for c in cols if c in sr.columns]].assign(model="sr"))
+    t7 = pd.concat(parts, ignore_index=True)
+    t7 = t7[["model", *[c for c in t7.columns if c != "model"]]]
+    seed = int(statistics_kwargs.get("seed", 0))
+    tests = []
+    for stat in pd.unique(t7["stat"]):
+        deltas = paired_deltas(t7[t7["stat"] == stat], "category")
+        t = paired_permutation_test(deltas["sp"], deltas["sr"], n_perm=n_perm, seed=seed,
+                                    statistic=statistic)  # fmt: skip
+        t.insert(0, "stat", stat)
+        tests.append(t)
+    return t7, pd.concat(tests, ignore_index=True)

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from dissect.errors import DataError
+from dissect.metrics.conventions import pixel_indices_torch
 from dissect.readout import (
     PrefixCache,
     SaliencyReadout,
@@ -107,8 +108,8 @@ class _Targets:
                     f"image {i} has no fixations to train on"
                     + (" after dropping each observer's first fixation" if drop_first else ""),
                 )
-            # the pixel each fixation falls on, (rint(x), rint(y)) — the rule of nss_at_points_torch
-            self.points[i] = torch.from_numpy(np.rint(pts).astype(np.int64))
+            # the pixel each fixation falls on (the package's one pixel rule)
+            self.points[i] = pixel_indices_torch(torch.from_numpy(pts))
             st = dataset[i]
             self.sizes[i] = (int(st.height), int(st.width))
 

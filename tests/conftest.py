@@ -1,5 +1,6 @@
 """Shared fixtures. Real-data tests find OSIE at ../shared/data (or $DISSECT_DATA) and skip with a
-reason where it is absent; everything else runs on synthetic data."""
+reason where it is absent; the region annotations ship with the repository
+(annotations/osie_sr); everything else runs on synthetic data."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DISSECT_DATA", ROOT.parent / "shared" / "data"))
 OSIE = DATA / "osie"
-OSIE_REGIONS = DATA / "osie_regions"
+OSIE_REGIONS = ROOT / "annotations" / "osie_sr"
 
 
 @pytest.fixture(scope="session")

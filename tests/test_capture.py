@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from _helpers_cache import TinyImages, tiny_backbone
+from _reference import antialias_matrix, bilinear_matrix, resize
 
 from dissect.capture import (
     IMAGENET_MEAN,
@@ -33,16 +33,41 @@ def test_preprocess_normalises_exactly():
         assert torch.allclose(x[0, c], torch.tensor(want, dtype=torch.float32), atol=1e-6)
 
 
+def test_antialias_reference_by_hand():
+    """The reference filter on a case worked by hand: a row 0, 1, 2, 3 halved to two samples.
+
+    Scale s = 2, so the triangle is 2 input pixels wide on each side. Output 0 is centred at 1.0
+    (pixel-edge coordinates); input centres 0.5, 1.5, 2.5 are 0.5, 0.5, 1.5 away: weights 0.75,
+    0.75, 0.25 (sum 1.75) → (0·0.75 + 1·0.75 + 2·0.25) / 1.75 = 5/7; by symmetry output 1 is
+    3 − 5/7 = 16/7. Upsampling 2 → 4 is plain bilinear with half-pixel centres."""
+    np.testing.assert_allclose(antialias_matrix(2, 4) @ [0.0, 1.0, 2.0, 3.0], [5 / 7, 16 / 7])
+    np.testing.assert_allclose(antialias_matrix(4, 2), [[1, 0], [0.75, 0.25], [0.25, 0.75],
+                                                        [0, 1]])
+    np.testing.assert_array_equal(bilinear_matrix(4, 2), antialias_matrix(4, 2))
+
+
 def test_preprocess_resize_is_bilinear_antialias():
+    """Preprocess's resize = the triangle-filter reference of tests/_reference.py (PIL's
+    BILINEAR resize), per channel, on images of three sizes; and a hand-computed tiny case."""
     ds = TinyImages(3)
-    imgs = [ds.load_image(i) for i in ds.ids]  # three different sizes
+    imgs = [ds.load_image(i) for i in ds.ids]  # three different sizes, all larger than 8×9
     x = Preprocess((8, 9), mean=(0, 0, 0), std=(1, 1, 1))(imgs)
     assert x.shape == (3, 3, 8, 9)
     for k, img in enumerate(imgs):
-        t = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
-        want = F.interpolate(t, size=(8, 9), mode="bilinear", antialias=True,
-                             align_corners=False)
-        torch.testing.assert_close(x[k : k + 1], want, rtol=0, atol=0)
+        want = resize(img.transpose(2, 0, 1) / 255.0, (8, 9), antialias=True)
+        np.testing.assert_allclose(x[k].numpy(), want, rtol=0, atol=1e-6)
+        # without antialiasing the result would differ: the filter matters here
+        assert np.abs(resize(img.transpose(2, 0, 1) / 255.0, (8, 9)) - want).max() > 0.05
+    # upsampling a 2×4 image to 4×8 (no aliasing to fight): plain bilinear, half-pixel centres
+    small = np.arange(8, dtype=np.uint8).reshape(2, 4)[..., None].repeat(3, axis=2) * 30
+    up = Preprocess((4, 8), mean=(0, 0, 0), std=(1, 1, 1))(small)[0, 0].numpy()
+    row0 = np.array([0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3]) * 30 / 255
+    np.testing.assert_allclose(up[0], row0, atol=1e-6)  # first row = top image row
+    np.testing.assert_allclose(up[1], row0 + 0.25 * 120 / 255, atol=1e-6)  # 3/4 top, 1/4 bottom
+    # a 1×4 row 0, 1, 2, 3 (×60) halved: 5/7 and 16/7 (test_antialias_reference_by_hand)
+    row = (np.arange(4, dtype=np.uint8) * 60)[None, :, None].repeat(3, axis=2)
+    half = Preprocess((1, 2), mean=(0, 0, 0), std=(1, 1, 1))(row)[0, 0, 0].numpy()
+    np.testing.assert_allclose(half, np.array([5 / 7, 16 / 7]) * 60 / 255, atol=1e-6)
     # deterministic
     torch.testing.assert_close(x, Preprocess((8, 9), mean=(0, 0, 0), std=(1, 1, 1))(imgs),
                                rtol=0, atol=0)

@@ -9,15 +9,23 @@ the stage's declared deps and params, so an out changes exactly when the stage's
 change, as with the real stages. Then:
 
 (a) a second ``dvc repro`` runs nothing and ``dvc status`` is clean;
-(b) changing only ``stats.threshold`` (T) reruns exactly statistics, figures and report;
+(b) changing only ``stats.threshold`` (T) reruns exactly statistics, inner-output (it reads the
+    statistics table), figures and report;
 (c) changing ``backbone.layers`` reruns extraction and what follows it, but not prepare, train
-    or the pop-out arrays.
+    or the pop-out arrays;
+(d) after an edit of every module under ``dissect/``, ``dvc status`` names every stage with a
+    changed dep covering each module its command imports (the closure of
+    ``tests/stage_deps.py``): a dep missing from ``dvc.yaml`` or not tracked by DVC fails here;
+(e) two clones in different folders write the same ``dvc.lock`` (no absolute path leaks into
+    it through ``params.yaml`` or a ``dvc.yaml`` interpolation).
 
 `make_fake_pipeline` and `repro` are also used by ``bench/dvc_rerun.py``.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 import shutil
@@ -27,11 +35,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from stage_deps import (
+    PACKAGE,
+    SourceTree,
+    covers,
+    interpolate,
+    module_files,
+    resolve_dep,
+    stage_closure,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # what changing only T (stats.threshold) must rerun, per the issue
-T_RERUN = {"statistics", "figures", "report"}
+# (inner-output reads the top-k null means from the statistics table, for the null-corrected
+# inner-vs-output Spearman, so it reruns when that table changes)
+T_RERUN = {"statistics", "inner-output", "figures", "report"}
 
 FAKE_STAGE = r'''
 """Fake stage: write every declared out from a digest of the stage's declared deps and params."""
@@ -119,12 +138,14 @@ def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
 
 
 def make_fake_pipeline(tmp: Path, dvc_yaml: Path | None = None,
-                       params_yaml: Path | None = None) -> Path:
+                       params_yaml: Path | None = None, source: Path = ROOT) -> Path:
     """Copy the repository layout into ``tmp`` with fake stage commands; returns the pipelines
     folder. The project's params.yaml is used as is: its ``../../shared/data`` inputs are
-    created as tiny files under ``tmp/shared/data``."""
-    dvc_yaml = dvc_yaml or ROOT / "pipelines" / "dvc.yaml"
-    params_yaml = params_yaml or ROOT / "pipelines" / "params.yaml"
+    created as tiny files under ``tmp/shared/data``. ``source`` is the repository copied
+    (``dissect/``, and ``pipelines/dvc.yaml``, ``params.yaml`` unless given): this checkout, or
+    an earlier fake copy for an identical snapshot while the checkout is being edited."""
+    dvc_yaml = dvc_yaml or source / "pipelines" / "dvc.yaml"
+    params_yaml = params_yaml or source / "pipelines" / "params.yaml"
     repo = tmp / "main"
     pipe = repo / "pipelines"
     pipe.mkdir(parents=True)
@@ -134,7 +155,7 @@ def make_fake_pipeline(tmp: Path, dvc_yaml: Path | None = None,
     (pipe / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     shutil.copy(params_yaml, pipe / "params.yaml")
     (pipe / "fake_stage.py").write_text(FAKE_STAGE)
-    shutil.copytree(ROOT / "dissect", repo / "dissect",
+    shutil.copytree(source / "dissect", repo / "dissect",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     # tiny stand-ins for the external inputs the params point at
     params = yaml.safe_load(params_yaml.read_text())
@@ -156,6 +177,8 @@ def make_fake_pipeline(tmp: Path, dvc_yaml: Path | None = None,
     else:
         dvc(repo, "init", "-q", "--no-scm")
     dvc(repo, "config", "core.analytics", "false")
+    if (source / ".dvcignore").is_file():  # the project's: __pycache__ in dep folders ignored
+        shutil.copy(source / ".dvcignore", repo / ".dvcignore")
     return pipe
 
 
@@ -188,7 +211,6 @@ def clone(pipe: Path, dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A fake pipeline after one full ``dvc repro``."""
-    pytest.importorskip("dvc", reason="dvc is not installed")
     pipe = make_fake_pipeline(tmp_path_factory.mktemp("dvcrepo"))
     stages = list(yaml.safe_load((pipe / "dvc.yaml").read_text())["stages"])
     ran = repro(pipe)
@@ -227,3 +249,65 @@ def test_layers_change_reruns_extraction_onwards(pipeline):
     assert not {"prepare", "train", "popout-arrays"} & set(ran), ran
     assert ran.index("extract") < ran.index("associate") < ran.index("statistics")
     assert repro(pipeline) == []
+
+
+def test_editing_any_module_reports_every_stage_that_imports_it(pipeline):
+    repo = pipeline.parent
+    tree = SourceTree(repo)
+    for f in sorted((repo / PACKAGE).rglob("*.py")):
+        with f.open("a") as fh:
+            fh.write("\n# edited\n")
+    status = json.loads(dvc(pipeline, "status", "--json").stdout or "{}")
+    changed = {stage: {resolve_dep(path, {}, pipeline, repo)
+                       for entry in entries if isinstance(entry, dict)
+                       for path in entry.get("changed deps", {})}
+               for stage, entries in status.items()}
+    stages = yaml.safe_load((pipeline / "dvc.yaml").read_text())["stages"]
+    missing = [f"{stage}: {f}" for stage in stages
+               for f in sorted(module_files(stage_closure(stage, tree), tree))
+               if not any(covers(d, f) for d in changed.get(stage, ()))]
+    assert not missing, (f"after editing every module, dvc status does not report these "
+                         f"(stage: imported module) pairs ({len(missing)}):\n"
+                         + "\n".join(missing))
+
+
+def _lock_paths(lock: dict) -> list[str]:
+    return [entry["path"] for stage in lock["stages"].values()
+            for entry in (stage.get("deps") or []) + (stage.get("outs") or [])]
+
+
+def test_two_clones_in_different_folders_write_the_same_lock(built, tmp_path):
+    # the same snapshot (sources, dvc.yaml, params.yaml) as `built`, in another folder
+    other = make_fake_pipeline(tmp_path / "elsewhere" / "one level deeper", source=built.parent)
+    repro(other)
+    first, second = (built / "dvc.lock").read_text(), (other / "dvc.lock").read_text()
+    assert first == second, "dvc.lock depends on the clone's folder:\n" + "".join(
+        difflib.unified_diff(first.splitlines(True), second.splitlines(True), "first", "second"))
+    for top in (built.parents[1], other.parents[1]):
+        assert str(top) not in first, f"the clone's folder {top} is in dvc.lock"
+    absolute = [p for p in _lock_paths(yaml.safe_load(first)) if os.path.isabs(p)]
+    assert not absolute, f"absolute paths in dvc.lock: {absolute}"
+
+
+def test_params_and_dvc_yaml_paths_are_relative():
+    """An absolute path in params.yaml (or a dvc.yaml path interpolated from it) would put the
+    machine's folders into dvc.lock, so a fresh clone could never be up to date."""
+    params = yaml.safe_load((ROOT / "pipelines" / "params.yaml").read_text())
+
+    def leaves(node, prefix=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from leaves(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            yield prefix, node
+
+    absolute = [f"params.yaml {key}: {value}" for key, value in leaves(params)
+                if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~"))]
+    stages = yaml.safe_load((ROOT / "pipelines" / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for kind in ("deps", "outs"):
+            for item in stage.get(kind) or []:
+                path = interpolate(next(iter(item)) if isinstance(item, dict) else item, params)
+                if os.path.isabs(path) or path.startswith("~"):
+                    absolute.append(f"dvc.yaml {name} {kind}: {path}")
+    assert not absolute, absolute

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -181,6 +183,9 @@ def test_improvement_bars():
     fig = F.improvement_bars(df)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "% improvement of top-10 mean over pretrained"
+    assert F.improvement_bars(df, top_k=5).axes[0].get_ylabel() == (
+        "% improvement of top-5 mean over pretrained"
+    )
     assert _ticks(ax.get_xticklabels()) == CATS_ORDERED
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["1", "2", "3", "all"]
     assert len(ax.patches) == len(ks) * len(CATS) - 1  # the NaN bar is not drawn as 0 ...
@@ -235,6 +240,15 @@ def test_inner_vs_output():
     ax = fig.axes[0]
     assert ax.get_title() == "r_s = 0.71 (p = 0.009)"
     assert ax.get_xlabel() == "inner: top-10 mean NSS"
+    assert F.inner_vs_output(table, 0.1, 0.5, top_k=5).axes[0].get_xlabel() == (
+        "inner: top-5 mean NSS"
+    )
+    # the null-corrected inner saliency on x
+    excess = table.assign(inner_excess=np.linspace(-1, 1, 12))
+    ax3 = F.inner_vs_output(excess, 0.9, 0.001, x="inner_excess").axes[0]
+    assert ax3.get_xlabel() == "inner: top-10 mean NSS − null mean"
+    xs = np.concatenate([c.get_offsets()[:, 0] for c in ax3.collections])
+    np.testing.assert_allclose(np.sort(xs), np.delete(np.linspace(-1, 1, 12), 5))
     assert ax.get_ylabel() == "output saliency (OS)"
     labels = sorted(t.get_text() for t in ax.texts)
     assert labels == sorted(n for i, n in enumerate(NAMES) if i != 5)
@@ -252,7 +266,7 @@ def test_upsample_is_bilinear_half_pixel():
     """torch ``interpolate(bilinear, align_corners=False)`` semantics: half-pixel centres, edge
     clamping. The 1-D case by hand; 2-D against OpenCV's INTER_LINEAR (same arithmetic, and much
     cheaper to import in a test than torch)."""
-    cv2 = pytest.importorskip("cv2")
+    import cv2  # opencv-contrib-python-headless is a pinned dependency: no skip
     up = F.upsample(np.array([[0.0, 1.0]]), (1, 4))
     assert np.allclose(up, [[0.0, 0.25, 0.75, 1.0]])
     a = RNG.random((5, 7))
@@ -420,7 +434,11 @@ def test_training_curves():
     )
     fig = F.training_curves(hist)
     loss_ax, nss_ax = fig.axes
-    assert (loss_ax.get_ylabel(), nss_ax.get_ylabel()) == ("training loss", "validation NSS")
+    # the readouts minimise −NSS: the loss axis says so
+    assert (loss_ax.get_ylabel(), nss_ax.get_ylabel()) == ("training loss (−NSS)", "validation NSS")
+    assert F.training_curves(hist, loss_label="cross-entropy").axes[0].get_ylabel() == (
+        "cross-entropy"
+    )
     assert len(loss_ax.get_lines()) == 3 and len(nss_ax.get_lines()) == 3
     assert list(loss_ax.get_lines()[0].get_xdata()) == [0, 1, 2]  # sorted by epoch
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["0", "3", "all"]
@@ -463,3 +481,115 @@ def test_save_figure_closes_pyplot_figures(tmp_path):
     assert plt.fignum_exists(fig.number)
     F.save_figure(fig, tmp_path / "p.png")
     assert not plt.fignum_exists(fig.number)
+
+
+def test_stat_labels_follow_top_k():
+    assert F.stat_label("top10_mean") == "top-10 mean NSS"
+    assert F.stat_label("top5_mean") == "top-5 mean NSS"
+    assert F.stat_label("count_above_T") == "number of units with m > T"
+    assert F.stat_label("other") == "other"
+    stats = _stats().assign(stat="top5_mean")
+    assert F.heatmap_layers(stats, "top5_mean").axes[1].get_ylabel() == "top-5 mean NSS"
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def test_stage_k_labels():
+    from dissect.stages.figures import deepest_numeric, k_label
+
+    assert [k_label(m) for m in ("k0", "k1", "k12", "kall")] == ["0", "1", "12", "all"]
+    # Fig. 5 shows the deepest numerically tuned readout, whatever train.ks holds
+    assert deepest_numeric(["k1", "k6", "kall"]) == "k6"
+    assert deepest_numeric(["k2", "k10", "k5"]) == "k10"
+    assert deepest_numeric(["kall"]) == "kall"
+    assert deepest_numeric([]) is None
+
+
+def _category_stats(models_k: dict, layers: list[str], top: str) -> pd.DataFrame:
+    rows = []
+    for model, k in models_k.items():
+        for layer in layers if model == "pt" else layers[-1:]:
+            for i, cat in enumerate(CATS):
+                for stat in (top, "count_above_T"):
+                    rows.append(dict(model=model, k=k, layer=layer, category=cat, stat=stat,
+                                     value=1.0 + i, null_mean=0.5, p_value=0.01))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("top_k, ks", [(10, [0, 1, "all"]), (5, [0, 2])])
+def test_stage_writes_top_k_names_and_all_label(tmp_path, monkeypatch, top_k, ks):
+    """Changing stats.top_k renames the Table 2/3 figures; the all-stages readout is "all" on
+    Table 3, Fig. 4 and the training curves (never its number of stages); a failing run leaves
+    the committed figures folder as it was."""
+    from dissect.config import load_params
+    from dissect.stages import figures as stage
+
+    params_file = Path(__file__).resolve().parents[1] / "pipelines" / "params.yaml"
+    params = load_params(params_file, {"work": str(tmp_path / "work"),
+                                       "results": str(tmp_path / "results"),
+                                       "stats.top_k": top_k, "train.ks": ks,
+                                       "backbone.layers": LAYERS})
+    top = f"top{top_k}_mean"
+    models_k = {"pt": -1, **{f"k{k}": (18 if k == "all" else k) for k in ks}}
+    tables = tmp_path / "results" / "tables"
+    (tables / "statistics").mkdir(parents=True)
+    _category_stats(models_k, LAYERS, top).to_csv(tables / "statistics" /
+                                                  "category_statistics.csv", index=False)
+    imp = pd.DataFrame([dict(layer=LAYERS[-1], category=c, k=k, improvement_pct=1.0 * i,
+                             excess_improvement_pct=2.0 * i)
+                        for k in list(models_k.values())[2:] for i, c in enumerate(CATS)])
+    imp.to_csv(tables / "statistics" / "fig4_improvement.csv", index=False)
+    pd.DataFrame([dict(model=f"k{k}", epoch=e, train_loss=-e, val_nss=e)
+                  for k in ks for e in (1, 2)]).to_csv(tables / "training_curves.csv",
+                                                       index=False)
+    labels = ["all" if k == "all" else f"k{k}" for k in ks]  # as the inner-output stage names
+    (tables / "inner_output").mkdir()
+    pd.DataFrame([dict(model=m, category=c, os=1.0 + i, od=0.1, inner=2.0 - 0.1 * i,
+                       inner_excess=0.1 * i) for m in labels for i, c in enumerate(CATS)]
+                 ).to_csv(tables / "inner_output" / "inner_output.csv", index=False)
+    pd.DataFrame([dict(model=m, r_s=-1.0, p_value=0.01, r_s_excess=1.0, p_value_excess=0.01)
+                  for m in labels]).to_csv(tables / "inner_output" /
+                                           "inner_output_spearman.csv", index=False)
+    drawn = {}
+
+    def spy(name):
+        real = getattr(F, name)
+
+        def wrapper(df, *a, **kw):
+            drawn.setdefault(name, []).append(df.copy())
+            return real(df, *a, **kw)
+        return wrapper
+
+    for name in ("heatmap_k", "improvement_bars", "training_curves"):
+        monkeypatch.setattr(F, name, spy(name))
+    monkeypatch.setattr(F, "unit_overlay_grid", lambda rows, title: F.confusion(
+        pd.DataFrame([[1]], index=["a"], columns=["a"])))
+    monkeypatch.setattr(stage, "best_region_rows", lambda *a, **kw: [])
+    paper = tmp_path / "results" / "figures" / "paper"
+    written = stage.paper_figures(params, paper.with_name("new"))
+    expected = {f"table2_top{top_k}.png", f"table2_top{top_k}_excess.png", "table2_count.png",
+                f"table3_top{top_k}.png", f"table3_top{top_k}_excess.png",
+                "fig4_improvement.png", "fig4_improvement_excess.png",
+                "fig3_units_pretrained.png", "fig5_units_finetuned.png", "training_curves.png",
+                *(f"inner_vs_output_{m}.png" for m in labels),
+                *(f"inner_vs_output_excess_{m}.png" for m in labels)}
+    assert set(written) == expected
+    assert {p.name for p in paper.with_name("new").iterdir()} == expected
+    k_labels = [str(k) for k in ks]
+    assert list(pd.unique(drawn["heatmap_k"][0]["k"])) == k_labels
+    assert list(pd.unique(drawn["improvement_bars"][0]["k"])) == k_labels[1:]
+    assert list(pd.unique(drawn["training_curves"][0]["model"])) == labels
+
+    # the stage replaces the folder atomically: an error keeps the committed figures
+    paper.mkdir()
+    (paper / "committed.png").write_bytes(b"old")
+
+    def boom(*a, **kw):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(stage, "paper_figures", boom)
+    with pytest.raises(RuntimeError):
+        stage.run_figures(params)
+    assert [p.name for p in paper.iterdir()] == ["committed.png"]
+    assert sorted(p.name for p in paper.parent.iterdir()) == ["new", "paper"]

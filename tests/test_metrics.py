@@ -65,7 +65,9 @@ def test_nan_inputs_name_the_argument():
         nss(np.random.rand(4, 4), [[np.nan, 0]])
     with pytest.raises(DataError, match="^b: "):
         cc(np.random.rand(4, 4), smap)
-    with pytest.raises(DataError, match="^q: "):
+    with pytest.raises(DataError, match="^prediction: "):
+        kld(smap, np.random.rand(4, 4))
+    with pytest.raises(DataError, match="^reference: "):
         kld(np.random.rand(4, 4), smap)
     with pytest.raises(DataError, match="baseline_density"):
         information_gain(np.random.rand(4, 4), smap, [[0, 0]])
@@ -186,9 +188,11 @@ def test_sim_hand_and_reference():
         assert sim(a, b) == pytest.approx(sim_reference(a, b), abs=1e-12)
 
 
-def kld_reference(p, q):
-    p = p / p.sum()
-    q = q / q.sum()
+def kld_reference(saliency_map, fixation_map):
+    """Transcription of the MIT benchmark's ``KLdiv(saliencyMap, fixationMap)``: the
+    prediction first, KL(fixation ‖ saliency)."""
+    q = saliency_map / saliency_map.sum()
+    p = fixation_map / fixation_map.sum()
     eps = 2.220446049250313e-16
     pairs = zip(p.ravel(), q.ravel(), strict=True)
     return sum(pi * math.log(eps + pi / (qi + eps)) for pi, qi in pairs)
@@ -202,12 +206,15 @@ def test_kld_reference_and_properties():
         p[0, 0] = 0.0  # zeros are fine
         assert kld(p, q) == pytest.approx(kld_reference(p, q), rel=1e-12)
     assert kld(p, 5 * p) == pytest.approx(0.0, abs=1e-12)
-    # hand case: p = [1, 0], q = [.5, .5]: KL = ln 2
-    assert kld(np.array([[1.0, 0.0]]), np.array([[1.0, 1.0]])) == pytest.approx(math.log(2))
-    with pytest.raises(DataError, match="negative"):
-        kld(p, q - 0.5)
-    with pytest.raises(DataError, match="sums to 0"):
-        kld(np.zeros((7, 9)), q)
+    # hand case: reference [1, 0], prediction [.5, .5]: KL(ref ‖ pred) = ln 2; the other order
+    # would be KL([.5, .5] ‖ [1, 0]) ≈ 0.5·ln(0.5/eps): the argument order matters
+    flat, peaked = np.array([[1.0, 1.0]]), np.array([[1.0, 0.0]])
+    assert kld(flat, peaked) == pytest.approx(math.log(2))
+    assert kld(peaked, flat) > 10
+    with pytest.raises(DataError, match="prediction: .*negative"):
+        kld(q - 0.5, p)
+    with pytest.raises(DataError, match="reference: .*sums to 0"):
+        kld(q, np.zeros((7, 9)))
 
 
 # ------------------------------------------------------------------ information gain

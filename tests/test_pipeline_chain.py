@@ -1,15 +1,27 @@
 """The whole chain, stage by stage, on a dozen OSIE images (issue: < 2 minutes).
 
 Runs every stage function with small settings into a temporary work/results folder and checks
-the tables and figures they produce. The same stages run on all of OSIE with `make repro`."""
+the tables and figures they produce. The same stages run on all of OSIE with `make repro`.
+
+The one run also records, per stage (``tests/stage_deps.py``), every ``params.yaml`` key the stage
+reads, which must be in its ``params`` in ``pipelines/dvc.yaml``, and every ``dissect`` import it
+performs, which must be in the static import closure behind its ``deps``."""
 
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import yaml
+from stage_deps import (
+    Pipeline,
+    SourceTree,
+    StageReads,
+    direct_imports,
+    stage_closure,
+    uncovered_params,
+)
 
 from dissect.config import load_params
 
@@ -17,26 +29,24 @@ pytestmark = pytest.mark.osie
 
 
 def small_params(tmp_path, osie_root, osie_regions_root, **over):
-    p = yaml.safe_load(open(load_params().base / "params.yaml"))
-    p["work"], p["results"] = str(tmp_path / "work"), str(tmp_path / "results")
-    p["data"].update(osie=str(osie_root), regions=str(osie_regions_root),
-                     scenes=str(osie_regions_root / "scenes.csv"),
-                     split_file=str(tmp_path / "split.csv"), max_images=12)
-    p["backbone"]["layers"] = ["block14", "block15", "head"]
-    p["extract"]["batch_size"] = 6
-    p["train"].update(ks=[0, 1, 2], epochs=2, patience=2, batch_size=6)
-    p["stats"].update(n_null=20, n_boot=20)
-    p["popout"].update(n_per_dimension=1, models=["itti", "spectral_residual"])
-    p["scene"].update(epochs=2, min_images=20)
-    p["progress"] = False
-    for key, value in over.items():
-        p[key] = value
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(p))
-    return load_params(path)
+    """pipelines/params.yaml with the quick profile (`make repro PROFILE=quick`) applied, the
+    data found by the fixtures and outputs in ``tmp_path``: the chain runs what the profile runs."""
+    from dissect.pipeline import load_profile
+
+    pipelines = load_params().base
+    overrides = load_profile("quick", pipelines / "profiles")
+    overrides.update({
+        "work": str(tmp_path / "work"), "results": str(tmp_path / "results"),
+        "data.osie": str(osie_root), "data.regions": str(osie_regions_root),
+        "data.scenes": str(osie_regions_root / "scenes.csv"),
+        "data.split_file": str(tmp_path / "split.csv"), "progress": False, **over})
+    return load_params(pipelines / "params.yaml", overrides)
 
 
-def test_whole_chain_on_a_dozen_osie_images(tmp_path, osie_root, osie_regions_root):
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, osie_root, osie_regions_root):
+    """Every stage run once on tracked params (tests/stage_deps.py): the keys each stage reads
+    and the dissect imports it performs are recorded per stage."""
     from dissect.stages import (
         associate,
         extract,
@@ -50,24 +60,30 @@ def test_whole_chain_on_a_dozen_osie_images(tmp_path, osie_root, osie_regions_ro
         train,
     )
 
-    params = small_params(tmp_path, osie_root, osie_regions_root)
+    params = small_params(tmp_path_factory.mktemp("chain"), osie_root, osie_regions_root)
+    rec = StageReads()
     t0 = time.perf_counter()
-    manifest = prepare.run_prepare(params)
-    assert manifest["n_images"] == 700 and manifest["n_heldout"] == 200
-    extract.run_extract(params)
-    train.run_train(params)
-    extract.run_extract_finetuned(params)
-    associate.run_associate(params)
-    scene.run_scene(params)
-    stats = statistics.run_statistics(params)
-    inner_output.run_inner_output(params)
-    popout.run_popout_arrays(params)
-    popout.run_popout(params)
-    popout.run_popout_readouts(params)
-    figures.run_figures(params)
-    report.run_report(params)
+    manifest = rec.run(prepare.run_prepare, params)
+    rec.run(extract.run_extract, params)
+    rec.run(train.run_train, params)
+    rec.run(extract.run_extract_finetuned, params)
+    rec.run(associate.run_associate, params)
+    rec.run(scene.run_scene, params)
+    stats = rec.run(statistics.run_statistics, params)
+    rec.run(inner_output.run_inner_output, params)
+    rec.run(popout.run_popout_arrays, params)
+    rec.run(popout.run_popout, params)
+    rec.run(popout.run_popout_readouts, params)
+    rec.run(figures.run_figures, params)
+    rec.run(report.run_report, params)
     elapsed = time.perf_counter() - t0
+    return SimpleNamespace(params=params, manifest=manifest, stats=stats, elapsed=elapsed,
+                           recorded=rec)
 
+
+def test_whole_chain_on_a_dozen_osie_images(chain):
+    params, manifest, stats, elapsed = chain.params, chain.manifest, chain.stats, chain.elapsed
+    assert manifest["n_images"] == 700 and manifest["n_heldout"] == 200
     res = params.results
     # Table 2: every analysed layer of the pretrained trunk × categories, both statistics
     pt = stats[stats["model"] == "pt"]
@@ -97,3 +113,30 @@ def test_whole_chain_on_a_dozen_osie_images(tmp_path, osie_root, osie_regions_ro
     text = (res / "report.md").read_text()
     assert "Table 2 analogue" in text and "![table2_top10]" in text
     assert elapsed < 240, f"chain took {elapsed:.0f} s"
+
+
+def test_every_params_key_a_stage_reads_is_in_its_dvc_params(chain):
+    """Each key read (``.get``, ``[]``, a whole sub-dict dumped or iterated: see
+    ``stage_deps.TrackedDict``) must be covered by the stage's ``params`` in dvc.yaml, or a
+    changed value would not rerun the stage. Exempt: ``work``, ``results`` (where outputs go),
+    ``progress`` and ``dask.scheduler`` (where tasks run), which change no result."""
+    pipeline = Pipeline()
+    assert set(chain.recorded.by_stage) == set(pipeline.stages)
+    missing = [f"{stage}: {key}  (read at {', '.join(where)})"
+               for stage, reads in chain.recorded.by_stage.items()
+               for key, where in uncovered_params(reads, pipeline.declared_params(stage)).items()]
+    assert not missing, (f"{len(missing)} params keys read but not in the stage's dvc.yaml "
+                         "params:\n" + "\n".join(missing))
+
+
+def test_every_import_a_stage_performs_is_in_its_closure(chain):
+    """Independent check of the static closure (tests/stage_deps.py): every dissect import the
+    stage really performed, function-level ones included, is one the scan found."""
+    tree = SourceTree()
+    wrong = []
+    for stage, edges in chain.recorded.imports.items():
+        inside = stage_closure(stage, tree)
+        wrong += [f"{stage}: {a} -> {b}" for a, b in sorted(edges)
+                  if b != a and (b not in direct_imports(a, tree)
+                                 or (b not in inside and b != "dissect.cli"))]
+    assert not wrong, "\n".join(wrong)

@@ -24,8 +24,6 @@ from dissect.capture import Preprocess
 from dissect.config import Params
 from dissect.data import FixationDataset, RegionSet, Stimulus
 
-distributed = pytest.importorskip("distributed")
-
 N_IMAGES = 10
 SIZES = [(40, 56), (48, 48), (36, 60)]  # (H, W): maps are upsampled to each image's own size
 CODES = [1, 27, 37, 57]  # person head, object, text, food

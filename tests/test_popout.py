@@ -130,9 +130,6 @@ def test_conjunction_target_shares_each_feature_with_distractors(dimension):
 
 
 def test_nmm_of_the_perfect_map_is_analytic():
-    metrics = pytest.importorskip("dissect.metrics", reason="dissect.metrics not available yet")
-    if not hasattr(metrics, "nmm"):
-        pytest.skip("dissect.metrics.nmm not available yet")
     from dissect.metrics import nmm
 
     for d in ("colour", "density", "size"):

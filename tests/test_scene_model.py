@@ -1,7 +1,8 @@
 """Scene classifier: stages tuned, class weights, training, caching, evaluation, trunk export.
 
 Most tests use a tiny synthetic trunk with the Backbone interface (fast); the real-data test
-fine-tunes EfficientNet-Lite0's head stage on 20 OSIE images (skipped without data/backbones).
+fine-tunes EfficientNet-Lite0's head stage on 20 OSIE images (skipped, with the reason, where
+OSIE is absent; the Lite0 weights ship with a pinned dependency, so a failure to load them fails).
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def test_resolve_tune_stages():
     assert resolve_tune_stages(names, 0) == []
     assert resolve_tune_stages(names, ["d", "c"]) == ["c", "d"]
     assert resolve_tune_stages(names, "d") == ["d"]
+    assert resolve_tune_stages(names, "all") == names  # as the saliency readout's k = "all"
     with pytest.raises(ValueError, match="last stages"):
         resolve_tune_stages(names, ["b"])
     with pytest.raises(ValueError, match="unknown"):
@@ -134,7 +136,7 @@ def test_resolve_tune_stages():
         resolve_tune_stages(names, 5)
 
 
-@pytest.mark.parametrize("tune", [1, ["conv2", "conv3"]])
+@pytest.mark.parametrize("tune", [1, ["conv2", "conv3"], "all"])
 def test_only_intended_stages_get_gradients(tune):
     bb = tiny_backbone()
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
@@ -144,7 +146,9 @@ def test_only_intended_stages_get_gradients(tune):
     x = torch.randn(4, 3, 16, 16)
     loss = nn.functional.cross_entropy(m(x), torch.tensor([0, 1, 2, 0]))
     loss.backward()
-    tuned_names = ["conv3"] if tune == 1 else ["conv2", "conv3"]
+    tuned_names = {"1": ["conv3"], "all": ["conv1", "conv2", "conv3"]}.get(
+        str(tune), ["conv2", "conv3"]
+    )
     assert m.tune_stage_names == tuned_names
     stage_mods = dict(m.backbone.stages)
     for name, mod in stage_mods.items():
@@ -319,11 +323,9 @@ def test_evaluate_and_plot(toy, tmp_path):
 # -- real data ----------------------------------------------------------------------------------
 @pytest.mark.osie
 def test_real_efficientnet_head_finetuning(osie, osie_regions_root, tmp_path):
-    backbones = pytest.importorskip("dissect.backbones")
-    try:
-        bb = backbones.load_backbone("efficientnet_lite0", weights="imagenet")
-    except Exception as e:  # noqa: BLE001 - weights not available here
-        pytest.skip(f"EfficientNet-Lite0 weights not available: {e}")
+    from dissect.backbones import load_backbone
+
+    bb = load_backbone("efficientnet_lite0", weights="imagenet")
     labels = load_scenes(osie_regions_root / "scenes.csv", dataset=osie)
     # 4 images of each of 5 classes: 20 images
     ids = [i for c in labels.classes[:5] for i in labels.table.query("scene == @c")["image"][:4]]
@@ -342,3 +344,85 @@ def load_scenes_subset(labels, ids, tmp_path):
     t = labels.table.set_index("image").loc[ids].reset_index()
     t.to_csv(tmp_path / "sub.csv", index=False)
     return load_scenes(tmp_path / "sub.csv", min_images=1)
+
+
+# -- the stage's knobs --------------------------------------------------------------------------
+PIPELINE_PARAMS = Path(__file__).resolve().parents[1] / "pipelines" / "params.yaml"
+
+
+def _stage_params(tmp_path, **overrides):
+    from dissect.config import load_params
+
+    return load_params(PIPELINE_PARAMS, {"work": str(tmp_path / "work"),
+                                        "results": str(tmp_path / "results"), **overrides})
+
+
+def test_stage_refuses_a_sp_readout_that_train_does_not_train(tmp_path):
+    """scene.tuned_stages = 1 needs the readout k1; with train.ks = [0, 2] the stage stops before
+    reading any data or training, and writes nothing."""
+    from dissect.stages.scene import run_scene
+
+    params = _stage_params(tmp_path, **{"train.ks": [0, 2], "scene.tuned_stages": 1})
+    with pytest.raises(DataError, match=r"k1.*\[0, 2\]"):
+        run_scene(params)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "work").exists()
+
+
+def test_stage_passes_the_head_knobs(tmp_path, monkeypatch):
+    """The scene head sizes, dropout, tuned stages, weight decay and monitor of params.yaml reach
+    train_scene_model; the sp readout is k<tuned_stages>; a failing run leaves the committed
+    scene tables as they were."""
+    import dissect.readout
+    import dissect.scene
+    from dissect.stages import common
+    from dissect.stages.scene import run_scene
+
+    ds = ToyScenes(12)
+    labels_csv = ds.write_labels(tmp_path / "scenes.csv")
+    params = _stage_params(tmp_path, **{
+        "train.ks": [0, 2], "train.val_fraction": 0.25, "scene.tuned_stages": 2,
+        "scene.hidden": [24, 12], "scene.dropout": 0.25, "scene.weight_decay": 0.5,
+        "scene.monitor": "loss", "scene.min_images": 1, "data.scenes": str(labels_csv),
+        "data.max_images": None})
+    ids = ds.ids
+    monkeypatch.setattr(common, "inputs", lambda p: (ds, None))
+    monkeypatch.setattr(common, "ids_of", lambda p, which: ids[:8] if which == "train" else ids[8:])
+    monkeypatch.setattr(common, "backbone", lambda p: tiny_backbone())
+    monkeypatch.setattr("dissect.data.scenes.load_scenes",
+                        lambda path, min_images, dataset: load_scenes(path, min_images=min_images))
+    seen = {}
+
+    def fake_load_readout(path, backbone):
+        seen["readout"] = Path(path)
+        return SimpleNamespace(k=2, n_stages=3), {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(backbone, dataset, labels, fit_ids, val_ids, **kw):
+        seen["train"] = kw
+        raise Stop
+
+    monkeypatch.setattr(dissect.readout, "load_readout", fake_load_readout)
+    monkeypatch.setattr(dissect.scene, "train_scene_model", fake_train)
+    committed = tmp_path / "results" / "tables" / "scene" / "scene_accuracy.md"
+    committed.parent.mkdir(parents=True)
+    committed.write_text("committed\n")
+    with pytest.raises(Stop):
+        run_scene(params)
+    assert seen["readout"].parts[-2:] == ("k2", "model.pt")
+    kw = seen["train"]
+    assert kw["hidden"] == [24, 12] and kw["dropout"] == 0.25 and kw["tune_stages"] == 2
+    assert kw["weight_decay"] == 0.5 and kw["monitor"] == "loss"
+    assert committed.read_text() == "committed\n"  # written through common.replacing
+    assert sorted(p.name for p in committed.parent.parent.iterdir()) == ["scene"]
+
+
+def test_params_defaults_are_the_library_defaults():
+    """The committed results were made with the library's head; params.yaml keeps it."""
+    from dissect.config import load_params
+    from dissect.scene import DEFAULT_DROPOUT, DEFAULT_HIDDEN
+
+    sc = load_params(PIPELINE_PARAMS)["scene"]
+    assert tuple(sc["hidden"]) == DEFAULT_HIDDEN and sc["dropout"] == DEFAULT_DROPOUT
+    assert sc["tuned_stages"] == 1

@@ -16,7 +16,6 @@ from dissect.categories import NAMES
 from dissect.errors import DataError
 from dissect.statistics import (
     STAT_COLUMNS,
-    _bootstrap_means,
     _null_means,
     _permuted_labels,
     category_means,
@@ -210,24 +209,6 @@ def test_null_means_equal_loop():
     )
 
 
-def test_bootstrap_means_equal_loop():
-    rng = np.random.default_rng(8)
-    assoc = random_assoc(rng, 6, 10, ["text", "food", "plant"], nan_frac=0.3)
-    cats = list(category_means(assoc)[0].category.values)
-    ids, images = np.unique(assoc.image.values, return_inverse=True)
-    labels = np.array([cats.index(c) for c in assoc.category.values])
-    X = np.nan_to_num(assoc.values)
-    D = np.isfinite(assoc.values).astype(float)
-    W = rng.multinomial(ids.size, np.full(ids.size, 1 / ids.size), size=4).astype(float)
-    got = _bootstrap_means(X, D, labels, images, W, len(cats), dense_d=False, chunk=3)
-    for b in range(4):  # reference: concatenate the resampled images' regions explicitly
-        cols = np.concatenate([np.flatnonzero(images == i).repeat(int(W[b, i])) for i in
-                               range(ids.size)])  # fmt: skip
-        sub = assoc.isel(region=np.sort(cols))
-        ref, _ = category_means(sub)
-        np.testing.assert_allclose(got[b], ref.reindex(category=cats).values)
-
-
 def test_permutation_within_images_preserves_composition():
     rng = np.random.default_rng(0)
     images = np.array([0, 3, 0, 1, 2, 3, 3, 0, 2, 3])  # regions of an image need not be adjacent
@@ -280,6 +261,7 @@ def test_reproducible_with_seed():
     pd.testing.assert_series_equal(a.value, c.value)
     assert not np.allclose(a.null_mean, c.null_mean)
     assert not np.allclose(a.ci_low, c.ci_low)
+    assert not np.allclose(a.excess_ci_low, c.excess_ci_low)
 
 
 def test_bootstrap_ci_contains_value_on_stable_data():
@@ -289,14 +271,21 @@ def test_bootstrap_ci_contains_value_on_stable_data():
     # units with clearly different, stable levels (noise sd 0.3): the top set does not change
     level = np.linspace(-2, 2, 40)[:, None]
     assoc = assoc.copy(data=level + 0.3 * assoc.values)
-    df = category_statistics(assoc, k=10, threshold=1.0, n_null=10, n_boot=200, seed=0)
+    kw = dict(k=10, threshold=1.0, n_null=10, n_boot=200, seed=0)
+    df = category_statistics(assoc, **kw, ci_method="percentile")
     assert (df.ci_low <= df.value).all() and (df.value <= df.ci_high).all()
     top = df[df.stat == "top10_mean"]
     assert ((top.ci_high - top.ci_low) < 0.3).all()
-    basic = category_statistics(
-        assoc, k=10, threshold=1.0, n_null=10, n_boot=200, seed=0, ci_method="basic"
-    )
+    assert (df.ci_method == "percentile").all() and (df.ci_level == 0.95).all()
+    basic = category_statistics(assoc, **kw, ci_method="basic")
     np.testing.assert_allclose(basic.ci_low, 2 * df.value - df.ci_high)
+    np.testing.assert_allclose(basic.ci_high, 2 * df.value - df.ci_low)
+    assert (basic.ci_used == "basic").all()
+    bca = category_statistics(assoc, **kw, ci_method="bca")  # case-insensitive
+    assert (bca.ci_method == "BCa").all()
+    assert (bca.ci_low <= bca.value).all() and (bca.value <= bca.ci_high).all()
+    with pytest.raises(DataError, match="ci_method"):
+        category_statistics(assoc, **kw, ci_method="studentized")
 
 
 def test_driver_over_layers():
@@ -456,3 +445,13 @@ def test_improvement_hand_computed():
     np.testing.assert_allclose(got.loc[(1, "person head"), "excess_improvement_pct"], -100.0)
     with pytest.raises(DataError, match="k == 0"):
         improvement(pd.DataFrame(rows).query("k != 0"))
+
+
+def test_improvement_keeps_the_display_name():
+    models = [(0, "k0", 2.0), (1, "k1", 3.0), (18, "all", 4.0)]
+    rows = [{"k": k, "model": name, "category": "text", "stat": "top5_mean", "value": v,
+             "null_mean": 1.0} for k, name, v in models]  # fmt: skip
+    out = improvement(pd.DataFrame(rows))  # stat found: the single top-k one, here top5_mean
+    assert list(out.model) == ["k1", "all"] and list(out.k) == [1, 18]
+    np.testing.assert_allclose(out.improvement_pct, [50.0, 100.0])
+    assert list(out.columns[:3]) == ["category", "k", "model"]

@@ -9,7 +9,17 @@ import pandas as pd
 import pytest
 
 from dissect.errors import DataError
-from dissect.tables import format_cell, markdown_table, pivot_k, pivot_layers, write_table
+from dissect.tables import (
+    format_cell,
+    format_interval,
+    markdown_table,
+    pivot_k,
+    pivot_layers,
+    pivot_models,
+    stats_caption,
+    topk_stat,
+    write_table,
+)
 
 
 def stats_rows(layer, k, cells):
@@ -105,3 +115,93 @@ def test_pivot_k():
     assert list(wide.columns) == ["text", "plant"]
     assert wide.loc[5, "text"] == "3.00* (1.00)" and wide.loc[5, "plant"] == ""
     assert pivot_k(by_k[by_k.layer == "conv4_3"]).shape == (1, 1)
+
+
+def with_excess(df: pd.DataFrame) -> pd.DataFrame:
+    """Excess columns as the statistics table has them: value − null mean, interval ± 0.25."""
+    out = df.assign(excess=df.value - df.null_mean)
+    return out.assign(excess_ci_low=out.excess - 0.25, excess_ci_high=out.excess + 0.25,
+                      ci_method="basic", ci_level=0.95, null="labels",
+                      excess_ci_used="basic")  # fmt: skip
+
+
+def test_format_interval():
+    assert format_interval(0.794, 0.521, 1.104, 0.01) == "0.79* [0.52, 1.10]"
+    assert format_interval(0.794, 0.521, 1.104, 0.2) == "0.79 [0.52, 1.10]"
+    assert format_interval(0.794, np.nan, 1.104) == "0.79 [n/a]"
+    assert format_interval(-3.25, -5.0, -1.5, count=True) == "-3.2 [-5.0, -1.5]"
+    assert format_interval(np.nan, 0.0, 1.0) == ""
+
+
+def test_pivots_follow_top_k():
+    """The default statistic is the table's top-k mean, whatever k (stats.top_k)."""
+    top5 = STATS.assign(stat=STATS.stat.replace({"top10_mean": "top5_mean"}))
+    assert topk_stat(top5) == "top5_mean"
+    pd.testing.assert_frame_equal(pivot_layers(top5), pivot_layers(STATS, "top10_mean"))
+    with pytest.raises(DataError, match="top-k"):
+        pivot_layers(pd.concat([STATS, top5]))
+
+
+def test_excess_cells():
+    wide = pivot_layers(with_excess(STATS), cells="excess")
+    # person head at conv5_3: 2.414 − 1.618 = 0.796, p = 0.005
+    assert wide.loc["conv5_3", "person head"] == "0.80* [0.55, 1.05]"
+    assert wide.loc["conv4_3", "text"] == "0.10* [-0.15, 0.35]"
+    assert wide.loc["conv4_3", "food"] == ""
+    counts = pivot_layers(with_excess(STATS), "count_above_T", cells="excess")
+    assert counts.loc["conv5_3", "text"] == "5.0 [4.8, 5.2]"  # 20 − 15 ± 0.25, one decimal
+    with pytest.raises(DataError, match="excess"):
+        pivot_layers(STATS, cells="excess")
+    with pytest.raises(DataError, match="cells"):
+        pivot_layers(STATS, cells="ci")
+
+
+def test_pivot_k_by_display_name():
+    """Rows in ascending k, labelled by the model's display name: "all", never its k = 18."""
+    by_k = pd.DataFrame(
+        stats_rows("conv5_3", 18, {"text": (4.0, 1.0, 0.01)})
+        + stats_rows("conv5_3", 0, {"text": (2.0, 1.5, 0.2)})
+        + stats_rows("conv5_3", 1, {"text": (3.0, 1.0, 0.01)})
+    )
+    by_k["model"] = by_k.k.map({0: "k0", 1: "k1", 18: "all"})
+    wide = pivot_k(by_k)
+    assert list(wide.index) == ["k0", "k1", "all"] and wide.index.name == "model"
+    assert wide.loc["all", "text"] == "4.00* (1.00)"
+    md = markdown_table(wide)
+    assert "| all " in md and "18" not in md
+    bad = by_k.assign(model="k1")
+    with pytest.raises(DataError, match="several k"):
+        pivot_k(bad)
+
+
+def test_pivot_models_table7():
+    rows = []
+    for model, shift in (("pt", 0.0), ("sp", 0.5), ("sr", 0.1)):
+        for r in stats_rows("head", -1, {"text": (1.0 + shift, 0.9, 0.04),
+                                         "person head": (2.0 + shift, 1.0, 0.5)}):  # fmt: skip
+            rows.append({**r, "model": model})
+    t7 = pd.DataFrame(rows)
+    wide = pivot_models(t7)
+    assert list(wide.index) == ["person head", "text"] and wide.index.name == "category"
+    assert list(wide.columns) == [f"{s} {m}" for s in ("top10_mean", "count_above_T")
+                                  for m in ("pt", "sp", "sr")]  # fmt: skip
+    assert wide.loc["text", "top10_mean sp"] == "1.50* (0.90)"
+    assert wide.loc["person head", "count_above_T sr"] == "21 (10.0)"
+    assert wide.shape == (2, 6)  # 12 tidy rows → 2 × 6 cells
+
+
+def test_caption_and_write_with_caption(tmp_path):
+    df = with_excess(STATS)
+    df.loc[0, "excess_ci_used"] = "BC"
+    text = stats_caption(df, "top10_mean", cells="excess", n_null=200, n_boot=1000,
+                         tidy="category_statistics.csv")  # fmt: skip
+    assert "95% basic interval from 1000 image-bootstrap resamples" in text
+    assert "200 permutations, category labels permuted across regions" in text
+    assert "1 cell(s) BC" in text and "`category_statistics.csv`" in text
+    value = stats_caption(df, "count_above_T", n_null=200)
+    assert value.startswith("Cells: number of units with NSS > T") and "null mean" in value
+    tidy = pd.DataFrame({"category": ["text"], "value": [1.0]})
+    csv, md = write_table(tidy, tmp_path / "t7", caption=text, markdown=pivot_layers(STATS))
+    pd.testing.assert_frame_equal(pd.read_csv(csv), tidy)  # the CSV stays tidy
+    lines = md.read_text().strip().splitlines()
+    assert lines[0].startswith("| layer") and lines[-1] == text and lines[-2] == ""

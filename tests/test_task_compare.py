@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+import xarray as xr
 from scipy import stats
 
 from dissect.errors import DataError
@@ -19,6 +21,7 @@ from dissect.task_compare import (
     paired_permutation_test,
     per_image_mean_nss,
     table8,
+    task_statistics,
 )
 
 
@@ -199,10 +202,11 @@ def test_finetuned_trunk_generic():
 
 
 def test_finetuned_trunk_of_saliency_readout():
-    backbones = pytest.importorskip("dissect.backbones")
-    readout = pytest.importorskip("dissect.readout")
-    bb = backbones.load_backbone("efficientnet_lite0", weights="random", seed=0)
-    model = readout.SaliencyReadout(bb, 1)
+    from dissect.backbones import load_backbone
+    from dissect.readout import SaliencyReadout
+
+    bb = load_backbone("efficientnet_lite0", weights="random", seed=0)
+    model = SaliencyReadout(bb, 1)
     with torch.no_grad():
         dict(model.backbone.stages)["head"][0].weight.add_(0.1)  # "fine-tune" the head stage
     ft = finetuned_trunk(model, "saliency")
@@ -213,3 +217,66 @@ def test_finetuned_trunk_of_saliency_readout():
     assert changed == ["_conv_head.weight"]
     # the stage modules are the copy's own submodules at the same paths
     assert dict(ft.stages)["head"][0] is ft.model.get_submodule("_conv_head")
+
+
+# -- Table 7 -------------------------------------------------------------------------------------
+def _stat_rows(model, layer, top1, counts):
+    cats = ["person head", "text", "food"]
+    return [{"model": model, "k": 1, "layer": layer, "category": c, "stat": stat, "value": v,
+             "null_mean": 0.0, "p_value": 0.5}
+            for stat, vals in (("top1_mean", top1), ("count_above_T", counts))
+            for c, v in zip(cats, vals, strict=True)]  # fmt: skip
+
+
+def test_task_statistics_hand_computed():
+    stats = pd.DataFrame(
+        _stat_rows("pt", "head", [1.0, 1.5, 1.0], [0, 1, 0])
+        + _stat_rows("k1", "head", [2.5, 1.0, 0.2], [3, 0, 0])
+        + _stat_rows("k2", "head", [9.0, 9.0, 9.0], [9, 9, 9])  # not the sp model: ignored
+        + _stat_rows("pt", "block8", [9.0, 9.0, 9.0], [9, 9, 9])  # another layer: ignored
+    )
+    # sr trunk: 2 units × 4 regions of 2 images. Category means of unit 0 / unit 1:
+    # person head (1+3)/2 = 2 / (3+1)/2 = 2; text 2 / 0; food 0.5 / undefined
+    sr = xr.DataArray(
+        [[1.0, 2.0, 3.0, 0.5], [3.0, 0.0, 1.0, np.nan]], dims=("unit", "region"),
+        coords={"image": ("region", ["a", "a", "b", "b"]),
+                "category": ("region", ["person head", "text", "person head", "food"])},
+        attrs={"layer": "head"},
+    )  # fmt: skip
+    t7, tests = task_statistics(stats, sr, "k1", k=1, threshold=1.5, n_null=0, n_boot=0)
+    assert list(t7.columns[:3]) == ["model", "layer", "category"]
+    assert len(t7) == 3 * 2 * 3 and set(t7.layer) == {"head"}
+    got = t7.set_index(["model", "stat", "category"]).value.sort_index()
+    cats = ["person head", "text", "food"]
+    np.testing.assert_allclose(got.loc["sr", "top1_mean"].loc[cats], [2.0, 2.0, 0.5])
+    np.testing.assert_array_equal(got.loc["sr", "count_above_T"].loc[cats], [2, 1, 0])
+    np.testing.assert_allclose(got.loc["sp", "top1_mean"].loc[cats], [2.5, 1.0, 0.2])
+    np.testing.assert_allclose(got.loc["pt", "top1_mean"].loc[cats], [1.0, 1.5, 1.0])
+    t = tests.set_index("stat")
+    # top1: |Δsp| = 1.5, 0.5, 0.8; |Δsr| = 1.0, 0.5, 0.5 → T = mean(0.5, 0, 0.3)
+    # count: |Δsp| = 3, 1, 0; |Δsr| = 2, 0, 0 → T = mean(1, 1, 0)
+    for stat, d in (("top1_mean", [0.5, 0.0, 0.3]), ("count_above_T", [1.0, 1.0, 0.0])):
+        assert t.loc[stat, "observed"] == pytest.approx(np.mean(d))
+        # exhaustive enumeration of the 2^3 sign vectors, written out independently
+        null = [abs(np.dot(s, d)) / 3 for s in itertools.product([1, -1], repeat=3)]
+        assert t.loc[stat, "p_value"] == pytest.approx(np.mean(np.array(null) >= np.mean(d)
+                                                               - 1e-12))  # fmt: skip
+        assert t.loc[stat, "method"] == "exact" and t.loc[stat, "n"] == 3
+    assert t.loc["top1_mean", "p_value"] == pytest.approx(0.5)  # by hand: 4 of 8 vectors
+    # the same with a {layer: array} mapping
+    t7b, _ = task_statistics(stats, {"head": sr}, "k1", k=1, threshold=1.5, n_null=0, n_boot=0)
+    pd.testing.assert_frame_equal(t7, t7b)
+
+
+def test_task_statistics_errors():
+    stats = pd.DataFrame(_stat_rows("pt", "head", [1.0, 1.5, 1.0], [0, 1, 0]))
+    sr = xr.DataArray(np.ones((2, 3)), dims=("unit", "region"),
+                      coords={"image": ("region", ["a", "b", "c"]),
+                              "category": ("region", ["person head", "text", "food"])},
+                      attrs={"layer": "head"})  # fmt: skip
+    with pytest.raises(DataError, match="k1"):
+        task_statistics(stats, sr, "k1", k=1, n_null=0, n_boot=0)
+    with pytest.raises(DataError, match="one layer"):
+        task_statistics(stats, {"head": sr, "block8": sr}, "k1")
+    with pytest.raises(DataError, match="pt"):
+        task_statistics(stats.assign(layer="block8"), sr, "pt", k=1, n_null=0, n_boot=0)

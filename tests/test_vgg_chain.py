@@ -25,7 +25,6 @@ VGG_BACKBONE = {
     "name": "vgg16",
     "weights": "random",
     "checkpoint": None,
-    "input_size": 224,
     "layers": STUDY_LAYERS,
 }
 

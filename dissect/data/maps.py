@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from dissect.data.osie import pixel_indices
 from dissect.errors import DataError
+from dissect.metrics.conventions import pixel_indices
 
 __all__ = ["fixation_map", "density_map", "OSIE_PX_PER_DEGREE"]
 

@@ -37,6 +37,7 @@ import scipy.io
 
 from dissect.data.images import read_rgb, read_size
 from dissect.errors import DataError
+from dissect.metrics.conventions import pixel_indices
 
 __all__ = ["Stimulus", "FixationDataset", "load_osie", "FIXATION_COLUMNS"]
 
@@ -70,16 +71,6 @@ def _examples(items: Iterable, n: int = 5) -> str:
     items = list(items)
     more = f" … (+{len(items) - n} more)" if len(items) > n else ""
     return ", ".join(str(i) for i in items[:n]) + more
-
-
-def pixel_indices(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column index of the pixel each (x, y) point falls on: ``rint(y)``, ``rint(x)``.
-
-    numpy ``rint`` rounds exact halves to the even integer (10.5 → 10, 11.5 → 12); this is the
-    single rounding rule of the package (region lookup, fixation maps, bounds checks).
-    """
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    return np.rint(pts[:, 1]).astype(np.int64), np.rint(pts[:, 0]).astype(np.int64)
 
 
 def inside(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -41,9 +41,10 @@ from scipy.ndimage import distance_transform_edt
 
 from dissect.categories import code_of, name_of
 from dissect.data.images import read_label_png, read_size, write_label_png
-from dissect.data.osie import FixationDataset, inside, pixel_indices
+from dissect.data.osie import FixationDataset, inside
 from dissect.data.regions import OBJECT_DIR, RegionSet, load_regions, write_regions
 from dissect.errors import DataError
+from dissect.metrics.conventions import pixel_indices
 
 __all__ = [
     "RegionProposal",

@@ -16,7 +16,7 @@ with an empty mask, no unlisted region, same code). Any violation is a :class:`D
 the file.
 
 A fixation belongs to the region under ``mask[rint(y), rint(x)]`` (0-based pixel coordinates;
-numpy ``rint`` rounds exact halves to even — see :func:`dissect.data.osie.pixel_indices`).
+numpy ``rint`` rounds exact halves to even — see :mod:`dissect.metrics.conventions`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from PIL import Image, ImageDraw
 
 from dissect.categories import BY_CODE, code_of, name_of
 from dissect.data.images import read_label_png, read_size, write_label_png
-from dissect.data.osie import FixationDataset, _examples, pixel_indices
+from dissect.data.osie import FixationDataset, _examples
 from dissect.errors import DataError
+from dissect.metrics.conventions import pixel_indices
 
 __all__ = ["RegionSet", "load_regions", "load_labelme", "write_regions", "REGION_COLUMNS"]
 

@@ -1,5 +1,7 @@
 """Saliency metrics (MIT/Tübingen benchmark definitions) and exact unit × region NSS / NMM.
 
+* :mod:`dissect.metrics.conventions` — the pixel rule ``(rint(y), rint(x))`` and the
+  constant-map tolerance, defined once.
 * :mod:`dissect.metrics.saliency` — ``nss, cc, sim, kld, auc_judd, auc_borji, sauc,
   information_gain, nmm`` on 2-D maps, numpy float64.
 * :mod:`dissect.metrics.region` — ``region_nss`` (He et al. 2019, Eq. 1), ``unit_nmm``,
@@ -9,6 +11,7 @@
 torch is imported lazily (only by ``nss_at_points_torch``).
 """
 
+from dissect.metrics.conventions import CONSTANT_RTOL, pixel_indices
 from dissect.metrics.region import (
     nss_at_points_torch,
     region_nss,
@@ -32,6 +35,7 @@ from dissect.metrics.saliency import (
 )
 
 __all__ = [
+    "CONSTANT_RTOL",
     "EPS",
     "auc_borji",
     "auc_judd",
@@ -42,6 +46,7 @@ __all__ = [
     "nmm",
     "nss",
     "nss_at_points_torch",
+    "pixel_indices",
     "point_pixels",
     "region_nss",
     "sauc",

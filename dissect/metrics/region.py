@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dissect.errors import DataError
+from dissect.metrics.conventions import CENTRED_RTOL, CONSTANT_RTOL, pixel_indices_torch
 from dissect.metrics.saliency import point_pixels
 
 if TYPE_CHECKING:
@@ -49,11 +50,6 @@ __all__ = [
     "upsampled_moments",
 ]
 
-#: std ≤ CONSTANT_RTOL × max|A| → constant map (NaN). Float64 rounding of σ is ~1e-16 × max|A|.
-CONSTANT_RTOL = 1e-10
-#: std ≤ CENTRED_RTOL × max|A − mean(A)| → constant upsampled map. With centred maps the
-#: rounding error of σ = sqrt(E[up²] − μ²) is ≲ sqrt(eps) ≈ 1.5e-8 of the centred scale.
-CENTRED_RTOL = 1e-7
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,11 +379,9 @@ def nss_at_points_torch(
     pts = torch.as_tensor(points)
     if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] == 0:
         raise DataError("points", f"must be a non-empty (N, 2) tensor, got {tuple(pts.shape)}")
-    if pts.is_floating_point():
-        if not bool(torch.isfinite(pts).all()):
-            raise DataError("points", "contains NaN/inf values")
-        pts = torch.round(pts)  # half to even, like numpy rint
-    pts = pts.to(device="cpu", dtype=torch.long)
+    if pts.is_floating_point() and not bool(torch.isfinite(pts).all()):
+        raise DataError("points", "contains NaN/inf values")
+    pts = pixel_indices_torch(pts).cpu()
     xs, ys = pts[:, 0], pts[:, 1]
     bad = (xs < 0) | (xs > ww - 1) | (ys < 0) | (ys > hh - 1)
     if bool(bad.any()):

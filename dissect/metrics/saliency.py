@@ -27,12 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dissect.errors import DataError
-
-#: MATLAB's ``eps`` (2**-52), the regulariser of the benchmark's ``KLdiv.m`` and ``InfoGain.m``.
-EPS: float = float(np.finfo(np.float64).eps)
-
-#: Relative tolerance below which a map's std counts as zero (constant map).
-CONSTANT_RTOL: float = 1e-10
+from dissect.metrics.conventions import CONSTANT_RTOL, EPS, pixel_indices
 
 __all__ = [
     "EPS",
@@ -97,8 +92,7 @@ def point_pixels(
         )
     _check_finite(p, name)
     h, w = shape
-    xs = np.rint(p[:, 0])
-    ys = np.rint(p[:, 1])
+    ys, xs = pixel_indices(p)
     bad = (xs < 0) | (xs > w - 1) | (ys < 0) | (ys > h - 1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -413,17 +407,19 @@ def sim(a: ArrayLike, b: ArrayLike) -> float:
     return float(np.minimum(out[0], out[1]).sum())
 
 
-def kld(p: ArrayLike, q: ArrayLike) -> float:
-    """Kullback–Leibler divergence ``KL(p ‖ q)`` in nats (benchmark ``KLdiv.m``).
+def kld(prediction: ArrayLike, reference: ArrayLike) -> float:
+    """Kullback–Leibler divergence ``KL(reference ‖ prediction)`` in nats (benchmark ``KLdiv.m``).
 
-    ``p`` is the reference (e.g. the human fixation density), ``q`` the prediction (the
-    saliency map). Both are normalised to sum 1, then
-    ``KLD = sum p · ln(eps + p / (q + eps))`` with ``eps`` = MATLAB ``eps`` = 2**-52 ≈ 2.22e-16
-    (:data:`EPS`), exactly as the benchmark. Negative values or a zero sum → ``DataError``.
+    The prediction (the saliency map) comes first and the reference (e.g. the human fixation
+    density) second, as in the MIT benchmark's ``KLdiv(saliencyMap, fixationMap)`` and in
+    pysaliency. Both are normalised to sum 1, then
+    ``KLD = sum r · ln(eps + r / (p + eps))`` (r = reference, p = prediction) with ``eps`` =
+    MATLAB ``eps`` = 2**-52 ≈ 2.22e-16 (:data:`EPS`), exactly as the benchmark. Negative values
+    or a zero sum → ``DataError`` naming the argument.
     """
-    x = _as_map(p, "p")
-    y = _as_map(q, "q")
-    _same_shape(x, y, "p", "q")
-    x = _to_distribution(x, "p")
-    y = _to_distribution(y, "q")
-    return float(np.sum(x * np.log(EPS + x / (y + EPS))))
+    q = _as_map(prediction, "prediction")
+    r = _as_map(reference, "reference")
+    _same_shape(r, q, "reference", "prediction")
+    q = _to_distribution(q, "prediction")
+    r = _to_distribution(r, "reference")
+    return float(np.sum(r * np.log(EPS + r / (q + EPS))))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -75,7 +78,7 @@ def backbone(params: Params):
                              checkpoint=params.path(b.get("checkpoint")))
     except WeightsError as exc:
         raise WeightsError(f"{exc}\nIn the pipeline, set `backbone.checkpoint` in "
-                           f"{params.base / 'params.yaml'} to the file's path.") from exc
+                           f"{params.base / params.file} to the file's path.") from exc
 
 
 def work(params: Params, *parts: str) -> Path:
@@ -88,6 +91,45 @@ def results(params: Params, *parts: str) -> Path:
     p = params.results.joinpath(*parts)
     p.parent.mkdir(parents=True, exist_ok=True)
     return p
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Write an output (folder or file) at a temporary sibling and move it into place at the end.
+
+    Yields the temporary path; on success it replaces ``path`` (a folder by two renames, a file
+    by one atomic ``os.replace``); on error the temporary is removed and ``path`` is left as it
+    was. With ``persist: true`` outs in ``dvc.yaml`` (DVC then does not delete them when a stage
+    starts), an interrupted run never deletes or half-writes committed results, and a folder
+    never keeps files from an earlier run with other parameters.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the temporary keeps the suffix: writers that check it (save_figure: .png) accept it
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    old = path.with_name(f".{path.stem}.old-{os.getpid()}{path.suffix}")
+    for stale in (tmp, old):
+        _remove(stale)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if not tmp.exists():
+        raise DataError(path, "the stage wrote nothing for this output")
+    if tmp.is_dir() and path.exists():
+        path.rename(old)  # a folder cannot be swapped in one rename
+        tmp.rename(path)
+        _remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def progress(params: Params) -> bool:
@@ -111,6 +153,24 @@ def scheduler(params: Params):
 def model_names(params: Params) -> list[str]:
     """Models analysed: the pretrained trunk 'pt' and one readout per k ('k0', 'k1', …, 'kall')."""
     return ["pt"] + [f"k{k}" for k in params["train"]["ks"]]
+
+
+def model_label(model: str) -> str:
+    """Display name of a model: 'pt', 'k0' … 'k6', and 'all' for the readout with every trunk
+    stage tuned (``kall``): one name in every table, figure and the report."""
+    return "all" if model == "kall" else model
+
+
+def sp_model(params: Params) -> str:
+    """The readout used as "sp" (saliency) in the task comparison (He et al. §8): the one with as
+    many tuned trunk stages as the scene model (``scene.tuned_stages``), which must be trained."""
+    n = params["scene"]["tuned_stages"]
+    name = f"k{n}"
+    if name not in model_names(params):
+        raise DataError(params.base / params.file,
+                        f"scene.tuned_stages = {n} needs the readout {name}, which train.ks "
+                        f"{list(params['train']['ks'])} does not train")
+    return name
 
 
 def trunk_model(model: str) -> str:
@@ -142,12 +202,12 @@ def assoc_store(params: Params, model: str) -> Path:
     return work(params, "assoc", f"{trunk_model(model)}.zarr")
 
 
-if __name__ == "__main__":  # `python -m dissect.stages.common --check-osie` (used by make repro)
+if __name__ == "__main__":  # `python -m dissect.stages.common --check-osie [PARAMS]` (make repro)
     import sys
 
     from dissect.config import load_params
 
-    _params = load_params()
+    _params = load_params(sys.argv[2] if len(sys.argv) > 2 else None)
     if osie_available(_params):
         sys.exit(0)
     print(OSIE_HINT.format(path=_params.path(_params["data"]["osie"]))

@@ -56,7 +56,8 @@ def run_extract(params: Params) -> Path:
         bb = common.backbone(params)
         store = common.act_store(params, "pt")
         extract_store(params, dataset.subset(ids), bb, b["layers"], store)
-        rec.update(weights_id=bb.weights_id, n_images=len(ids), store=str(store))
+        rec.update(weights_id=bb.weights_id, preprocess=bb.preprocess.to_dict(),
+                   n_images=len(ids), store=str(store.relative_to(params.work)))
     return store
 
 
@@ -66,7 +67,8 @@ def run_extract_finetuned(params: Params) -> list[Path]:
 
     last = params["backbone"]["layers"][-1]
     out = []
-    with stage_record(params.work, "extract-finetuned", {"train": params["train"]}) as rec:
+    recorded = {"train.ks": params["train"]["ks"], "extract": params["extract"]}
+    with stage_record(params.work, "extract-finetuned", recorded) as rec:
         dataset, _ = common.inputs(params)
         ids = common.ids_of(params, "heldout")
         base = common.backbone(params)
@@ -78,5 +80,5 @@ def run_extract_finetuned(params: Params) -> list[Path]:
             extract_store(params, dataset.subset(ids), finetuned_trunk(readout, model), [last],
                           store)
             out.append(store)
-        rec["stores"] = [str(p) for p in out]
+        rec["stores"] = [str(p.relative_to(params.work)) for p in out]
     return out

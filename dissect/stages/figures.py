@@ -1,13 +1,20 @@
 """Stage ``figures``: every figure of the report, from the committed tables and the caches.
 
 Paper analogues: Table 2/3 heatmaps, Fig. 4 (improvement vs k), inner-vs-output scatter (§6),
-Figs. 3/5/6 (best-responding units on chosen regions), Figs. 8/9 (pop-out maps and best inner
-units), Fig. 11 (one unit in the pt / sr / sp trunks), training curves.
+Figs. 3/5/6 (best-responding units on chosen regions: ``figures.overlay_categories``), Figs. 8/9
+(pop-out maps and best inner units), Fig. 11 (one unit in the pt / sr / sp trunks:
+``figures.task_map_category``, sp = :func:`dissect.stages.common.sp_model`), training curves.
+
+File names and titles follow ``stats.top_k`` (``table2_top<k>.png``, "top-<k> mean"); models
+are named by :func:`dissect.stages.common.model_label` ("pt", "k0" … "k6", "all"). The folder
+``results/figures/paper`` is written through :func:`dissect.stages.common.replacing`: an
+interrupted run leaves the committed figures as they were.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +25,21 @@ from dissect.stages import common
 
 log = logging.getLogger("dissect.figures")
 
-OVERLAY_CATEGORIES = ("person head", "text", "animal head", "vehicle", "symbol", "food")
+
+def k_label(model: str) -> str:
+    """A readout's k as displayed in Table 3 / Fig. 4: "0" … "6", "all"
+    (:func:`dissect.stages.common.model_label` without its "k")."""
+    label = common.model_label(model)
+    return label[1:] if label.startswith("k") and label[1:].isdigit() else label
+
+
+def deepest_numeric(models: list[str]) -> str | None:
+    """The fine-tuned readout with the most tuned stages given as a number ("k6" of
+    k1 … k6, kall), else the all-stages one, else None (Fig. 5)."""
+    numeric = [m for m in models if m[1:].isdigit()]
+    if numeric:
+        return max(numeric, key=lambda m: int(m[1:]))
+    return models[-1] if models else None
 
 
 def _table(params: Params, *parts: str) -> pd.DataFrame:
@@ -27,8 +48,8 @@ def _table(params: Params, *parts: str) -> pd.DataFrame:
 
 
 def best_region_rows(params: Params, model: str, layer: str, n_units: int = 3) -> list[dict]:
-    """Figs. 3/5/6: for each category in ``OVERLAY_CATEGORIES``, the held-out region with the
-    most fixations and the ``n_units`` units with the highest region NSS on it."""
+    """Figs. 3/5/6: for each category of ``figures.overlay_categories``, the held-out region with
+    the most fixations and the ``n_units`` units with the highest region NSS on it."""
     from dissect.association import load_associations, region_fixations
     from dissect.cache import open_activations
 
@@ -37,7 +58,7 @@ def best_region_rows(params: Params, model: str, layer: str, n_units: int = 3) -
     store = common.act_store(params, model)
     rows = []
     drop_first = bool(params["data"]["drop_first"])
-    for cat in OVERLAY_CATEGORIES:
+    for cat in params["figures"]["overlay_categories"]:
         cols = np.flatnonzero(assoc["category"].values == cat)
         if cols.size == 0:
             continue
@@ -64,6 +85,22 @@ def best_region_rows(params: Params, model: str, layer: str, n_units: int = 3) -
 
 
 def run_figures(params: Params) -> None:
+    k_top = int(params["stats"]["top_k"])
+    recorded = {"stats": {"top_k": k_top}, "figures": params["figures"],
+                "train": {"ks": list(params["train"]["ks"])},
+                "backbone": {"layers": list(params["backbone"]["layers"])},
+                "data": {"drop_first": bool(params["data"]["drop_first"])}, "gt": params["gt"],
+                "popout": {"models": list(params["popout"]["models"])}}
+    with (stage_record(params.work, "figures", recorded) as rec,
+          common.replacing(common.results(params, "figures", "paper")) as out_dir):
+        written = paper_figures(params, out_dir, rec["params"])
+        rec["figures"] = written
+        log.info("%d figures written", len(written))
+
+
+def paper_figures(params: Params, out_dir: Path, recorded: dict | None = None) -> list[str]:
+    """Write every figure whose inputs exist into ``out_dir``; returns the file names. The sp
+    readout's name is added to ``recorded`` (the provenance record's parameters) when used."""
     from dissect.figures import (
         heatmap_k,
         heatmap_layers,
@@ -75,73 +112,91 @@ def run_figures(params: Params) -> None:
         unit_overlay_grid,
     )
 
-    top = f"top{int(params['stats']['top_k'])}_mean"
+    k_top = int(params["stats"]["top_k"])
+    top, tk = f"top{k_top}_mean", f"top{k_top}"
     layers = list(params["backbone"]["layers"])
-    out = lambda name: common.results(params, "figures", "paper", name)  # noqa: E731
-    written = []
+    written: list[str] = []
 
     def save(fig, name):
-        written.append(str(save_figure(fig, out(name))))
+        save_figure(fig, out_dir / name)
+        written.append(name)
 
-    with stage_record(params.work, "figures", {}) as rec:
-        stats = _table(params, "statistics", "category_statistics.csv")
-        if not stats.empty:
-            pt = stats[stats["model"] == "pt"]
-            save(heatmap_layers(pt, top, title="Pretrained trunk: top-10 mean NSS per category"),
-                 "table2_top10.png")
-            save(heatmap_layers(pt, top, excess=True,
-                                title="Pretrained trunk: top-10 mean NSS − permutation null"),
-                 "table2_top10_excess.png")
-            save(heatmap_layers(pt, "count_above_T", title="Pretrained trunk: units with NSS > T"),
-                 "table2_count.png")
-            by_k = stats[(stats["model"] != "pt") & (stats["layer"] == layers[-1])]
-            save(heatmap_k(by_k, top, title=f"{layers[-1]}: top-10 mean NSS vs k fine-tuned"),
-                 "table3_top10.png")
-            save(heatmap_k(by_k, top, excess=True,
-                           title=f"{layers[-1]}: top-10 mean − null vs k fine-tuned"),
-                 "table3_top10_excess.png")
-            imp = _table(params, "statistics", "fig4_improvement.csv")
-            save(improvement_bars(imp), "fig4_improvement.png")
-            save(improvement_bars(imp, value="excess_improvement_pct",
-                                  ylabel="% improvement of (top-10 mean − null)"),
+    stats = _table(params, "statistics", "category_statistics.csv")
+    if not stats.empty:
+        pt = stats[stats["model"] == "pt"]
+        save(heatmap_layers(pt, top, title=f"Pretrained trunk: top-{k_top} mean NSS per category"),
+             f"table2_{tk}.png")
+        save(heatmap_layers(pt, top, excess=True,
+                            title=f"Pretrained trunk: top-{k_top} mean NSS − permutation null"),
+             f"table2_{tk}_excess.png")
+        save(heatmap_layers(pt, "count_above_T", title="Pretrained trunk: units with NSS > T"),
+             "table2_count.png")
+        by_k = stats[(stats["model"] != "pt") & (stats["layer"] == layers[-1])]
+        # one name for every readout: k = 0 … 6, "all" (never the all-stages model's count)
+        k_of = dict(zip(by_k["k"], by_k["model"].map(k_label), strict=False))
+        by_k = by_k.assign(k=by_k["model"].map(k_label))
+        save(heatmap_k(by_k, top, title=f"{layers[-1]}: top-{k_top} mean NSS vs k fine-tuned"),
+             f"table3_{tk}.png")
+        save(heatmap_k(by_k, top, excess=True,
+                       title=f"{layers[-1]}: top-{k_top} mean − null vs k fine-tuned"),
+             f"table3_{tk}_excess.png")
+        imp = _table(params, "statistics", "fig4_improvement.csv")
+        if not imp.empty:
+            imp = imp.assign(k=imp["model"].map(k_label) if "model" in imp
+                             else imp["k"].map(lambda v: k_of.get(v, v)))
+            save(improvement_bars(imp, top_k=k_top), "fig4_improvement.png")
+            save(improvement_bars(imp, value="excess_improvement_pct", top_k=k_top,
+                                  ylabel=f"% improvement of (top-{k_top} mean − null)"),
                  "fig4_improvement_excess.png")
-            save(unit_overlay_grid(best_region_rows(params, "pt", layers[-1]),
-                                   title=f"Best {layers[-1]} units of the pretrained trunk"),
-                 "fig3_units_pretrained.png")
-            k_max = [m for m in common.model_names(params) if common.trunk_model(m) != "pt"]
-            if k_max:
-                m = k_max[-2] if len(k_max) > 1 else k_max[-1]  # deepest numeric k
-                save(unit_overlay_grid(best_region_rows(params, m, layers[-1]),
-                                       title=f"Best {layers[-1]} units after fine-tuning ({m})"),
-                     "fig5_units_finetuned.png")
-        io = _table(params, "inner_output", "inner_output.csv")
-        sp = _table(params, "inner_output", "inner_output_spearman.csv")
-        for model in io["model"].unique() if not io.empty else []:
-            r = sp[sp["model"] == model].iloc[0]
-            save(inner_vs_output(io[io["model"] == model], r["r_s"], r["p_value"],
-                                 title=f"Inner vs output saliency ({model})"),
-                 f"inner_vs_output_{model}.png")
-        pop = _table(params, "popout_readouts", "popout_nmm.csv")
-        if pop.empty:
-            pop = _table(params, "popout", "popout_nmm.csv")
-        if not pop.empty:
-            save(popout_bars(pop, title="NMM of the target per model (mean, 95% CI)"),
-                 "table4_popout_models.png")
-            excess = pop.assign(nmm=pop["nmm_excess"])
-            save(popout_bars(excess, title="Target − distractor NMM per model"),
-                 "table4_popout_excess.png")
-            save(popout_bars(excess, hue="dimension",
-                             title="Target − distractor NMM per model and dimension"),
-                 "table4_popout_excess_by_dimension.png")
-            save(_popout_examples(params), "fig8_popout_examples.png")
-            save(_popout_best_units(params), "fig9_popout_best_units.png")
-        curves = _table(params, "training_curves.csv")
-        if not curves.empty:
-            save(training_curves(curves), "training_curves.png")
-        if common.work(params, "scene", "model.pt").is_file():
-            save(_task_maps(params), "fig11_task_maps.png")
-        rec["figures"] = written
-        log.info("%d figures written", len(written))
+        save(unit_overlay_grid(best_region_rows(params, "pt", layers[-1]),
+                               title=f"Best {layers[-1]} units of the pretrained trunk"),
+             "fig3_units_pretrained.png")
+        tuned = [m for m in common.model_names(params) if common.trunk_model(m) != "pt"]
+        m = deepest_numeric(tuned)
+        if m is not None:
+            save(unit_overlay_grid(best_region_rows(params, m, layers[-1]),
+                                   title=f"Best {layers[-1]} units after fine-tuning "
+                                         f"({common.model_label(m)})"),
+                 "fig5_units_finetuned.png")
+    io = _table(params, "inner_output", "inner_output.csv")
+    sp = _table(params, "inner_output", "inner_output_spearman.csv")
+    for model in io["model"].unique() if not io.empty else []:
+        r = sp[sp["model"] == model].iloc[0]
+        label = common.model_label(model)
+        save(inner_vs_output(io[io["model"] == model], r["r_s"], r["p_value"], top_k=k_top,
+                             title=f"Inner vs output saliency ({label})"),
+             f"inner_vs_output_{label}.png")
+        if "inner_excess" in io and "r_s_excess" in r:  # the null-corrected inner saliency
+            save(inner_vs_output(io[io["model"] == model], r["r_s_excess"], r["p_value_excess"],
+                                 x="inner_excess", top_k=k_top,
+                                 title=f"Inner (− null) vs output saliency ({label})"),
+                 f"inner_vs_output_excess_{label}.png")
+    pop = _table(params, "popout_readouts", "popout_nmm.csv")
+    if pop.empty:
+        pop = _table(params, "popout", "popout_nmm.csv")
+    if not pop.empty:
+        save(popout_bars(pop, title="NMM of the target per model (mean, 95% CI)"),
+             "table4_popout_models.png")
+        excess = pop.assign(nmm=pop["nmm_excess"])
+        save(popout_bars(excess, title="Target − distractor NMM per model"),
+             "table4_popout_excess.png")
+        save(popout_bars(excess, hue="dimension",
+                         title="Target − distractor NMM per model and dimension"),
+             "table4_popout_excess_by_dimension.png")
+        save(_popout_examples(params), "fig8_popout_examples.png")
+        save(_popout_best_units(params), "fig9_popout_best_units.png")
+    curves = _table(params, "training_curves.csv")
+    if not curves.empty:
+        if "model" in curves:
+            curves = curves.assign(model=curves["model"].map(common.model_label))
+        save(training_curves(curves, title="Saliency readouts: training loss (−NSS) and "
+                                           "validation NSS"), "training_curves.png")
+    if common.work(params, "scene", "model.pt").is_file():
+        sp_name = common.sp_model(params)
+        if recorded is not None:
+            recorded["sp_model"] = sp_name
+        save(_task_maps(params, sp_name), "fig11_task_maps.png")
+    return written
 
 
 def _short(dimension: str) -> str:
@@ -160,7 +215,7 @@ def _popout_examples(params: Params):
     for a in arrays:
         first.setdefault(a.dimension, a)
     models = {name: load_classical(name) for name in params["popout"]["models"]}
-    readout = _readout(params, "k0")
+    readout = _readout(params, "k0") if "k0" in common.model_names(params) else None
     rows, labels = [], []
     for dim, a in first.items():
         maps = {name: m.saliency(a.image) for name, m in models.items()}
@@ -211,7 +266,9 @@ def _popout_best_units(params: Params):
     return popout_best_units(rows, title="Best inner unit per layer (pretrained trunk)")
 
 
-def _task_maps(params: Params):
+def _task_maps(params: Params, sp_name: str):
+    """Fig. 11: the sp trunk's best unit for ``figures.task_map_category`` (highest mean region
+    NSS over that category's held-out regions) on its best region, in the pt / sr / sp trunks."""
     import torch
 
     from dissect.association import load_associations
@@ -226,12 +283,18 @@ def _task_maps(params: Params):
     base = common.backbone(params)
     trunks = {"pt": base, "sr": load_scene_model(common.work(params, "scene", "model.pt"),
                                                  base).trunk_backbone()}
-    sp = _readout(params, "k1")
+    sp = _readout(params, sp_name)
     if sp is not None:
         trunks["sp"] = finetuned_trunk(sp, "sp")
-    # the unit and region: the sp trunk's best person-head unit on its best region
-    assoc = load_associations(common.assoc_store(params, "k1"), [layer])[layer]
-    cols = np.flatnonzero(assoc["category"].values == "person head")
+    # the unit and region: the sp trunk's best unit for the category on its best region
+    category = str(params["figures"]["task_map_category"])
+    assoc = load_associations(common.assoc_store(params, sp_name), [layer])[layer]
+    cols = np.flatnonzero(assoc["category"].values == category)
+    if cols.size == 0:
+        from dissect.errors import DataError
+
+        raise DataError(common.assoc_store(params, sp_name),
+                        f"no held-out region of figures.task_map_category {category!r}")
     v = assoc.values[:, cols].astype(float)
     n = np.isfinite(v).sum(axis=1)
     unit = int(np.argmax(np.where(n > 0, np.nansum(v, axis=1) / np.maximum(n, 1), -np.inf)))
@@ -247,4 +310,5 @@ def _task_maps(params: Params):
         with LayerCapture(bb, [layer]) as cap, torch.no_grad():
             maps[name] = cap.attribute(bb.preprocess(image))[layer][0, unit].numpy()
     return task_maps(image, density, maps, fixations=points,
-                     title=f"{layer} unit {unit} in the pt / sr / sp trunks ({image_id})")
+                     title=f"{layer} unit {unit} in the pt / sr / sp trunks ({category}, "
+                           f"{image_id}; sp = {common.model_label(sp_name)})")

@@ -23,8 +23,10 @@ def run_prepare(params: Params) -> dict:
         split = ensure_split(params.path(d["split_file"]), dataset.ids, int(d["n_heldout"]),
                              int(d["split_seed"]))
         osie = params.path(d["osie"])
+        regions_dir = params.path(d["regions"])
+        # contents, never absolute paths: the manifest (and so dvc.lock) is the same in every
+        # clone and on every machine with the same data
         manifest = {
-            "osie": str(osie),
             "n_images": len(dataset),
             "n_subjects": int(dataset.fixations["subject"].nunique()),
             "n_fixations": int(len(dataset.fixations)),
@@ -34,7 +36,11 @@ def run_prepare(params: Params) -> dict:
             "n_heldout": int((split["split"] == "heldout").sum()),
             "images_checked": int(n_checked),
             "fixations_sha": hash_files([osie / "data" / "eye" / "fixations.mat"]),
-            "regions_sha": hash_files([params.path(d["regions"]) / "regions.csv"]),
+            "stimuli_sha": hash_files(dataset[i].file for i in dataset.ids),
+            "regions_sha": hash_files((p for p in regions_dir.rglob("*")
+                                       if p.is_file() and p.suffix in (".csv", ".png")),
+                                      root=regions_dir),
+            "scenes_sha": hash_files([params.path(d["scenes"])]),
         }
         rec.update(manifest)
         out = common.work(params, "prepare", "manifest.json")

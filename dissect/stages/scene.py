@@ -1,7 +1,8 @@
 """Stage ``scene``: task vs data (He et al. §8). The same pretrained trunk fine-tuned on the
-same training images for saliency (sp: the readout with the last stage tuned, k = 1) and for
-scene recognition (sr: last stage + 3 FC layers, class-weighted cross-entropy), compared with
-the pretrained trunk (pt) on the held-out images:
+same training images for saliency (sp: the readout with the top ``scene.tuned_stages`` stages
+tuned, :func:`dissect.stages.common.sp_model`; k = 1 by default) and for scene recognition (sr:
+the same stages + 3 FC layers of sizes ``scene.hidden`` with dropout ``scene.dropout``,
+class-weighted cross-entropy), compared with the pretrained trunk (pt) on the held-out images:
 - scene accuracy, per-class recall, confusion matrix;
 - the sr trunk's last-layer units, cached and associated like the others (Table 7 and its
   permutation test are computed by the ``statistics`` stage, so that a change of T reruns
@@ -41,11 +42,19 @@ def keep_trained_classes(labels, train_ids):
                        min_images=labels.min_images, source=labels.source)
 
 
+def tuned_stage_count(readout) -> int:
+    """Number of trunk stages a saliency readout fine-tuned (its ``k``; ``"all"`` = every stage)."""
+    return int(readout.n_stages) if str(readout.k) == "all" else int(readout.k)
+
+
 def run_scene(params: Params) -> None:
     from dissect.association import associate, save_associations
     from dissect.data.scenes import load_scenes
+    from dissect.errors import DataError
+    from dissect.figures import confusion, save_figure
     from dissect.readout import load_readout
     from dissect.scene import evaluate_scene_model, save_scene_model, train_scene_model
+    from dissect.stages.extract import extract_store
     from dissect.tables import write_table
     from dissect.task_compare import (
         finetuned_trunk,
@@ -55,27 +64,42 @@ def run_scene(params: Params) -> None:
     from dissect.training import split_train_val
 
     sc = params["scene"]
+    sp_name = common.sp_model(params)  # fails before any training when train.ks lacks it
     last = params["backbone"]["layers"][-1]
-    res = lambda name: common.results(params, "tables", "scene", name)  # noqa: E731
-    with stage_record(params.work, "scene", {"scene": sc}) as rec:
+    drop_first = bool(params["data"]["drop_first"])
+    t = params["train"]
+    recorded = {"scene": sc, "sp_model": sp_name, "data": {"drop_first": drop_first},
+                "train": {"val_fraction": t["val_fraction"], "seed": t["seed"]}}
+    with (stage_record(params.work, "scene", recorded) as rec,
+          common.replacing(common.results(params, "tables", "scene")) as tables_dir,
+          common.replacing(common.results(params, "figures", "scene_confusion.png")) as cm_png):
+        res = lambda name: tables_dir / name  # noqa: E731
         dataset, regions = common.inputs(params)
         labels = load_scenes(params.path(params["data"]["scenes"]),
                              min_images=int(sc["min_images"]), dataset=dataset)
         train_ids = [i for i in common.ids_of(params, "train") if i in set(labels.ids)]
         heldout = [i for i in common.ids_of(params, "heldout") if i in set(labels.ids)]
-        fit_ids, val_ids = split_train_val(train_ids, float(params["train"]["val_fraction"]),
-                                           int(params["train"]["seed"]))
+        fit_ids, val_ids = split_train_val(train_ids, float(t["val_fraction"]), int(t["seed"]))
         labels = keep_trained_classes(labels, fit_ids)
         keep = set(labels.ids)
         fit_ids, val_ids = [i for i in fit_ids if i in keep], [i for i in val_ids if i in keep]
         heldout = [i for i in heldout if i in keep]
         base = common.backbone(params)
+        sp_path = common.work(params, "readouts", sp_name, "model.pt")
+        sp_model, _ = load_readout(sp_path, base)
         result = train_scene_model(
             base, dataset, labels, fit_ids, val_ids, epochs=int(sc["epochs"]), lr=float(sc["lr"]),
             batch_size=int(sc["batch_size"]), seed=int(sc["seed"]), patience=int(sc["patience"]),
+            tune_stages=sc["tuned_stages"], hidden=[int(h) for h in sc["hidden"]],
+            dropout=float(sc["dropout"]), weight_decay=float(sc["weight_decay"]),
+            monitor=str(sc["monitor"]),
             cache_dir=common.work(params, "prefix_cache"),
             log_path=common.work(params, "scene", "history.csv"),
         )
+        n_sr, n_sp = len(result.model.tune_stage_names), tuned_stage_count(sp_model)
+        if n_sr != n_sp:  # the comparison is only fair when both tasks tuned the same stages
+            raise DataError(sp_path, f"the saliency readout {sp_name} tuned {n_sp} stage(s), the "
+                                     f"scene model {n_sr} (scene.tuned_stages)")
         save_scene_model(result.model, common.work(params, "scene", "model.pt"))
         acc, recall, cm, preds = evaluate_scene_model(result.model, dataset, labels, heldout,
                                                       cache_dir=common.work(params, "prefix_cache"))
@@ -85,30 +109,24 @@ def run_scene(params: Params) -> None:
                                    "best_epoch": result.best_epoch}]), res("scene_accuracy"))
         write_table(recall, res("scene_recall"))
         write_table(cm.reset_index(), res("scene_confusion"))
-        from dissect.figures import confusion, save_figure
-
-        save_figure(confusion(cm, normalize=True),
-                    common.results(params, "figures", "scene_confusion.png"))
+        save_figure(confusion(cm, normalize=True), cm_png)
         preds.to_csv(common.work(params, "scene", "predictions.csv"), index=False)
         log.info("scene accuracy on %d held-out images: %.3f", len(heldout), acc)
 
         # the three trunks; sr's last layer cached and associated like the others
-        sp_model, _ = load_readout(common.work(params, "readouts", "k1", "model.pt"), base)
         trunks = {"pt": base, "sp": finetuned_trunk(sp_model, "sp"),
                   "sr": result.model.trunk_backbone()}
-        from dissect.stages.extract import extract_store
-
         sr_store = common.work(params, "scene", "act_sr.zarr")
         extract_store(params, dataset.subset(common.ids_of(params, "heldout")), trunks["sr"],
                       [last], sr_store)
         with common.scheduler(params) as client:
-            sr_assoc = associate(sr_store, dataset, regions,
-                                 drop_first=bool(params["data"]["drop_first"]), scheduler=client)
+            sr_assoc = associate(sr_store, dataset, regions, drop_first=drop_first,
+                                 scheduler=client)
         save_associations(sr_assoc, common.work(params, "scene", "assoc_sr.zarr"))
 
         correct = preds.set_index("image")["correct"]
         per_image = per_image_mean_nss(trunks, dataset, heldout, correct=correct,
-                                       drop_first=bool(params["data"]["drop_first"]))
+                                       drop_first=drop_first)
         per_image.to_csv(common.work(params, "scene", "mean_map_nss.csv"), index=False)
         write_table(table8(per_image), res("table8_mean_map_nss"))
-        rec.update(accuracy=acc, n_heldout=len(heldout))
+        rec.update(accuracy=acc, n_heldout=len(heldout), tuned_stages=result.model.tune_stage_names)

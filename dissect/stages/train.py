@@ -36,7 +36,9 @@ def run_train(params: Params) -> pd.DataFrame:
             res = train_readout(
                 bb, dataset, fit_ids, val_ids, k,
                 epochs=int(t["epochs"]), lr=float(t["lr"]), trunk_lr=float(t["trunk_lr"]),
-                weight_decay=float(t["weight_decay"]),
+                weight_decay=float(t["weight_decay"]), optimizer=str(t["optimizer"]),
+                lr_schedule=t["lr_schedule"], step_size=int(t["step_size"]),
+                gamma=float(t["gamma"]), min_delta=float(t["min_delta"]),
                 batch_size=int(t["batch_size"]), seed=int(t["seed"]), patience=int(t["patience"]),
                 drop_first=bool(params["data"]["drop_first"]), heldout_ids=heldout,
                 cache_dir=common.work(params, "prefix_cache"), log_path=folder / "history.csv",
@@ -54,7 +56,8 @@ def run_train(params: Params) -> pd.DataFrame:
             log.info("%s: best validation NSS %.3f at epoch %d", name, res.best_val_nss,
                      res.best_epoch)
         history = pd.concat(curves, ignore_index=True)
-        history.to_csv(common.results(params, "tables", "training_curves.csv"), index=False)
+        with common.replacing(common.results(params, "tables", "training_curves.csv")) as out:
+            history.to_csv(out, index=False)
         common.work(params, "train", "summary.json").write_text(json.dumps(summary, indent=2))
         rec.update(summary)
     return history
