@@ -43,8 +43,10 @@ def test_quick_profile_runs_every_stage_without_touching_committed_results(tmp_p
     prov = {p.stem for p in (tmp_path / "work" / "provenance").glob("*.json")}
     assert {"prepare", "train", "statistics", "scene", "popout"} <= prov
     report = (tmp_path / "results" / "report.md").read_text()
-    for section in ("Table 2", "Table 3", "Table 7", "Inner vs output", "Pop-out"):
+    for section in ("Table 2 analogue", "Table 3", "Tables 4–6", "Tables 7–8", "Inner vs output",
+                    "**table7_task_statistics**", "**readout_performance**"):
         assert section in report, section
+    assert "Not produced" not in report
     for link in [line.split("](")[1].rstrip(")") for line in report.splitlines()
                  if line.startswith("![")]:
         assert (tmp_path / "results" / link).is_file(), link
