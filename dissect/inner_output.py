@@ -60,9 +60,10 @@ SPEARMAN_NOTE = (
     "`r_s_excess` uses the null-corrected inner saliency instead — the top-k mean minus the mean "
     "of the same statistic under the category-label permutation null (same model, layer and "
     "category, from the statistics stage) — which removes the inflation expected for each "
-    "category's size and measures inner saliency beyond chance. Where the two disagree, the raw "
-    "correlation is dominated by category size; `r_s_excess` is the comparison of inner and "
-    "output saliency proper."
+    "category's size and measures inner saliency beyond chance. `r_s_inner_vs_size` is the rank "
+    "correlation of the raw inner saliency with the category's number of regions: where it is "
+    "strongly negative and the two r_s disagree, the raw correlation is dominated by category "
+    "size, and `r_s_excess` is the comparison of inner and output saliency proper."
 )
 """Explanatory text for the report: which Spearman r_s matches the study and what the
 null-corrected one means."""
@@ -237,7 +238,8 @@ class InnerOutputTables(NamedTuple):
 
     #: model, category, os, n, n_regions, od, inner, inner_null, inner_excess
     per_category: pd.DataFrame
-    spearman: pd.DataFrame  # model, r_s, p_value, n, r_s_excess, p_value_excess, n_excess
+    #: model, r_s, p_value, n, r_s_excess, p_value_excess, n_excess, r_s_inner_vs_size
+    spearman: pd.DataFrame
     anova: pd.DataFrame  # model, term, df, sum_sq, F, p_value, eta_sq, n, test
     tukey: pd.DataFrame  # model, group1, group2, meandiff, p_adj, ci_low, ci_high, reject
 
@@ -293,8 +295,11 @@ def model_tables(
     os_s = os_c.set_index("category")["os"]
     raw = inner_output_spearman(inner, os_s)
     exc = inner_output_spearman(inner_excess, os_s)
+    # how much the raw statistic ranks categories by their size (number of regions)
+    size = inner_output_spearman(inner, table.set_index("category")["n_regions"].astype(float))
     spear = {"model": model, "r_s": raw.r_s, "p_value": raw.p_value, "n": raw.n,
-             "r_s_excess": exc.r_s, "p_value_excess": exc.p_value, "n_excess": exc.n}
+             "r_s_excess": exc.r_s, "p_value_excess": exc.p_value, "n_excess": exc.n,
+             "r_s_inner_vs_size": size.r_s}
 
     reg_od = region_output_difference(pred, gt, cats)
     a = od_anova(reg_od.dropna(subset=["od"])).assign(test="od_by_cluster")

@@ -598,6 +598,13 @@ def _layer_statistics(
             # reported excess (value − mean of all n_null relabellings): shift by the
             # difference of the two null means (0 when every relabelling is carried)
             e_lo, e_hi = e_lo + carried_obs - null_mean, e_hi + carried_obs - null_mean
+        if stat == "count_above_T":
+            # a count lies in [0, number of units]: basic (2θ̂ − q) and BCa bounds can leave
+            # that range (a count of 0 whose resamples reach 6 gives [−6, 0]); clip them to it,
+            # and the excess interval to the same range minus the null mean
+            lo, hi = np.clip(lo, 0, m.shape[0]), np.clip(hi, 0, m.shape[0])
+            e_lo = np.clip(e_lo, -null_mean, m.shape[0] - null_mean)
+            e_hi = np.clip(e_hi, -null_mean, m.shape[0] - null_mean)
         with np.errstate(invalid="ignore"):
             ge = (nul >= obs[None, :]).sum(axis=0)
         pval = np.where(np.isfinite(obs), (1.0 + ge) / (nul.shape[0] + 1.0), np.nan)
@@ -670,8 +677,9 @@ def category_statistics(
     A top-k mean is a selection statistic: with many units of similar association, noise lifts
     the k best sample means above the k best true ones, and resampling images adds that noise
     once more, so the bootstrap distribution sits *above* the observed value (the percentile
-    interval then lies mostly above it, further still from the truth: the committed "person
-    part 1.129, CI 1.107–1.559"). The basic interval ``2·value − quantiles`` subtracts the
+    interval then lies mostly above it, further still from the truth: the pretrained head's
+    "person part 1.129, percentile CI 1.107–1.559" committed before this method). The basic
+    interval ``2·value − quantiles`` subtracts the
     bias the resampling reveals — so where that bias is large it lies mostly *below* the
     observed value and may exclude it, rightly: the observed top-k mean is inflated. BCa's
     bias correction z₀ is built for biases small against the spread; here z₀ ≈ −2…−3 and BCa
@@ -682,6 +690,10 @@ def category_statistics(
     BCa 0–64 %, percentile 0–45 %; intermediate — basic 87–93 %, BCa 55–88 %, percentile
     34–88 %; clearly separated units — all three 79–92 %. Excess
     intervals under the null (truth 0): basic 90–98 %, BCa 89–98 %, percentile 92–100 %.
+    Count intervals (value and excess) are clipped to the count's range, 0 … number of units.
+    The permutation p-value and the excess interval answer different questions (is the value
+    above what random labels give; how precisely is the excess known across image samples),
+    so a starred cell may have an excess interval that contains 0 and the reverse.
 
     **Excess interval** ``excess_ci_low/high``: the null mean is recomputed on every resample
     (and jackknife sample) — the first ``n_null_boot`` of the null relabellings travel with

@@ -296,7 +296,7 @@ def test_inner_output_tables_two_models():
     out = inner_output_tables(regions, {"m1": _assoc(), "m2": _assoc()}, st, layer="L", k=2)
     assert list(out.spearman["model"]) == ["m1", "m2"]
     assert list(out.spearman.columns) == ["model", "r_s", "p_value", "n", "r_s_excess",
-                                          "p_value_excess", "n_excess"]
+                                          "p_value_excess", "n_excess", "r_s_inner_vs_size"]
     s = out.spearman.set_index("model")
     assert s.loc["m2", "r_s_excess"] == pytest.approx(-1.0)
     assert s.loc["m2", "r_s"] == pytest.approx(-s.loc["m1", "r_s"])
@@ -397,6 +397,9 @@ def test_stage_writes_the_tables_and_keeps_them_on_failure(tmp_path, monkeypatch
         assert row["r_s"] == pytest.approx(sps.spearmanr(t["inner"], t["os"]).statistic)
         assert row["r_s_excess"] == pytest.approx(
             sps.spearmanr(t["inner_excess"], t["os"]).statistic)
+        t = per_cat[per_cat["model"] == row["model"]]
+        size = sps.spearmanr(t["inner"], t["n_regions"]).statistic
+        assert row["r_s_inner_vs_size"] == pytest.approx(size, nan_ok=True)
     region_rows = pd.read_csv(params.work / "inner_output" / "region_output.csv")
     assert set(region_rows["model"]) == {"k0", "all"} and len(region_rows) == 16
     perf = pd.read_csv(out / "readout_performance.csv")

@@ -5,6 +5,7 @@ that name the interval, Table 7 as a pivot beside its tidy CSV, and atomic resul
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -113,3 +114,14 @@ def test_stage_failure_keeps_the_committed_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         run_statistics(params)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_without_sr_associations_no_stale_table7_remains(tmp_path):
+    params = stage_params(tmp_path, 5, [0, 1])
+    run_statistics(params)
+    task = tmp_path / "results" / "tables" / "task"
+    assert (task / "table7_task_statistics.csv").is_file()
+    shutil.rmtree(common.work(params, "scene", "assoc_sr.zarr"))
+    run_statistics(params)
+    assert not task.exists()
+    assert (tmp_path / "results" / "tables" / "statistics" / "category_statistics.csv").is_file()

@@ -353,3 +353,35 @@ def test_coverage_where_units_are_separated():
         cov = coverage(3.0, method, n_sets=15)
         assert cov["truth"] >= 0.8, method
         assert cov["value"] >= 0.9, method
+
+
+# --------------------------------------------------------------------------- count range
+
+
+@pytest.mark.parametrize("method", ["basic", "BCa"])
+def test_count_intervals_stay_in_the_counts_range(method):
+    """A category with no unit above T whose resamples sometimes have some: the basic bound
+    2·0 − q(1 − α/2) is negative, and is clipped to 0; every count bound lies in
+    [0, n_units] (excess: that range minus the null mean)."""
+    rng = np.random.default_rng(21)
+    images = [f"i{i:02d}" for i in range(24) for _ in range(3)]
+    labels = ["person head", "text", "food"] * 24
+    values = rng.normal(0.0, 0.3, size=(40, len(labels)))
+    food = values[:, 2::3]  # every unit's food mean exactly 1.45 < T = 1.5: θ̂ = 0, while the
+    values[:, 2::3] = food - food.mean(axis=1, keepdims=True) + 1.45  # resamples (SE ≈ .06) cross
+    assoc = make_assoc(values, images, labels)
+    df = category_statistics(assoc, k=5, threshold=1.5, n_null=20, n_boot=300, seed=1,
+                             ci_method=method)
+    cnt = df[df.stat == "count_above_T"]
+    raw = category_statistics(assoc, k=5, threshold=1.5, n_null=20, n_boot=300, seed=1,
+                              ci_method="percentile")
+    pct_hi = raw[raw.stat == "count_above_T"].set_index("category").ci_high
+    food = cnt.set_index("category").loc["food"]
+    if method == "basic":  # the unclipped basic lower bound 2·θ̂ − q_hi would be negative
+        assert 2 * food.value - pct_hi["food"] < 0
+        assert food.ci_low == 0.0
+    n = 40  # (BCa is undefined, NaN, where every resample lies above θ̂: nothing to clip)
+    assert not (cnt.ci_low < 0).any() and not (cnt.ci_high > n).any()
+    assert not (cnt.excess_ci_low < -cnt.null_mean - 1e-12).any()
+    assert not (cnt.excess_ci_high > n - cnt.null_mean + 1e-12).any()
+    assert cnt.ci_low.notna().sum() >= 2

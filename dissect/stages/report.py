@@ -124,6 +124,8 @@ def read_records(work: Path) -> dict[str, dict]:
 
 
 def _dvc_file(params: Params) -> Path:
+    # read for the stage list and order only; DVC refuses dvc.yaml as a dep, and every stage
+    # that runs rewrites its provenance record (a dep), which reruns the report
     return Path(params.base) / "dvc.yaml"
 
 

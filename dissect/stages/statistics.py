@@ -20,6 +20,7 @@ Outputs (``top`` = ``f"top{stats.top_k}_mean"``), each folder written through
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,11 @@ def run_statistics(params: Params) -> pd.DataFrame:
             t7, tests = task_statistics(stats, load_associations(sr, [last]), sp, **kw)
             with common.replacing(common.results(params, "tables", "task")) as out:
                 write_task_tables(t7, tests, out, kw=kw, sp=sp)
+        elif (task := params.results / "tables" / "task").exists():
+            # without the scene stage's sr associations there is no Table 7 for these
+            # statistics: tables of an earlier run must not stay beside them
+            log.warning("no %s (run the scene stage): removing the earlier %s", sr, task)
+            shutil.rmtree(task)
         rec["rows"] = len(stats)
     return stats
 
