@@ -47,35 +47,20 @@ def small_params(tmp_path, osie_root, osie_regions_root, **over):
 def chain(tmp_path_factory, osie_root, osie_regions_root):
     """Every stage run once on tracked params (tests/stage_deps.py): the keys each stage reads
     and the dissect imports it performs are recorded per stage."""
-    from dissect.stages import (
-        associate,
-        extract,
-        figures,
-        inner_output,
-        popout,
-        prepare,
-        report,
-        scene,
-        statistics,
-        train,
-    )
+    import importlib
+
+    from dissect.cli import STAGES
+    from dissect.pipeline import stage_order
 
     params = small_params(tmp_path_factory.mktemp("chain"), osie_root, osie_regions_root)
     rec = StageReads()
+    out = {}
     t0 = time.perf_counter()
-    manifest = rec.run(prepare.run_prepare, params)
-    rec.run(extract.run_extract, params)
-    rec.run(train.run_train, params)
-    rec.run(extract.run_extract_finetuned, params)
-    rec.run(associate.run_associate, params)
-    rec.run(scene.run_scene, params)
-    stats = rec.run(statistics.run_statistics, params)
-    rec.run(inner_output.run_inner_output, params)
-    rec.run(popout.run_popout_arrays, params)
-    rec.run(popout.run_popout, params)
-    rec.run(popout.run_popout_readouts, params)
-    rec.run(figures.run_figures, params)
-    rec.run(report.run_report, params)
+    # every stage of dvc.yaml, in its dependency order (what `make repro PROFILE=quick` runs)
+    for name in stage_order(params.base / "dvc.yaml"):
+        module = importlib.import_module(f"dissect.stages.{STAGES[name][0]}")
+        out[name] = rec.run(getattr(module, "run_" + name.replace("-", "_")), params)
+    manifest, stats = out["prepare"], out["statistics"]
     elapsed = time.perf_counter() - t0
     return SimpleNamespace(params=params, manifest=manifest, stats=stats, elapsed=elapsed,
                            recorded=rec)
