@@ -16,6 +16,7 @@ one Dask task per image chunk of that store, so memory stays bounded.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -31,8 +32,17 @@ def region_fixations(dataset, regions, image_id: str, *, drop_first: bool = True
     """Fixation points of one image and the region id under each (0 = outside every region).
 
     ``drop_first`` drops each observer's first fixation (OSIE's central starting point), the
-    fixations the OSIE region annotations were also built without.
+    fixations the OSIE region annotations were also built without. The image's region masks
+    must have the image's size (``DataError`` naming the image otherwise).
     """
+    stim = dataset[image_id]
+    if (image_id in regions) and tuple(regions.size(image_id)) != (stim.height, stim.width):
+        # masks of another size would put fixations in the wrong regions (or in none) without
+        # any point falling outside the mask
+        raise DataError(getattr(stim, "file", image_id),
+                        f"image {image_id} is {stim.height}x{stim.width} but its region masks "
+                        f"are {regions.size(image_id)[0]}x{regions.size(image_id)[1]} (load the "
+                        "regions with dataset= to check sizes at load time)")
     points = dataset.points(image_id, drop_first=drop_first)
     if len(points) == 0:
         raise DataError(image_id, "no fixations for this image")
@@ -118,6 +128,9 @@ def associate(
     layers = list(layers) if layers is not None else list(meta["layers"])
     stored = [str(i) for i in open_activations(store, layers[0])["image"].values]
     ids = [str(i) for i in (image_ids if image_ids is not None else stored)]
+    dup = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if dup:  # each region would be counted once per repetition
+        raise DataError("image_ids", f"{len(dup)} image id(s) given more than once, e.g. {dup[:3]}")
     missing = sorted(set(ids) - set(stored))
     if missing:
         raise DataError(
