@@ -18,13 +18,18 @@ Resumability: `prepare_cache` creates every array up front (unwritten chunks rea
 killed at any point (even ``kill -9``) and rerun with the same arguments skips the batches marked
 done and recomputes the rest, which gives the same arrays as an uninterrupted run. A store made
 with other arguments (layers, weights, preprocessing, dtype, batch size, images, gradient target)
-raises `StaleCacheError` naming what differs, unless ``overwrite=True``.
+raises `StaleCacheError` naming what differs, unless ``overwrite=True``. The key includes a hash
+of the code that computes the activations (`code_hash`: backbones, hooks, this module), so a
+change there makes the store stale too. Image *contents* are checked per image: the store records
+a hash of every image file (`image_fingerprints`); a rerun recomputes exactly the batches whose
+images changed since they were written, and says which.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import threading
 import weakref
@@ -45,6 +50,9 @@ from zarr.codecs import BloscCodec
 from dissect.backbones import Backbone
 from dissect.capture import ClassLogit, LayerCapture, Preprocess, class_logit, top1_logit
 from dissect.errors import DataError, StaleCacheError
+from dissect.provenance import hash_files
+
+log = logging.getLogger("dissect.cache")
 
 FORMAT = "dissect.activations/1"
 # Blosc lz4 (level 1) with byte shuffle: about 40% of the raw float16 size and 35–55% cheaper to
@@ -97,6 +105,30 @@ def package_versions() -> dict[str, str]:
 
 def _sha(text: str, n: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+#: the modules whose code computes what a store holds (relative to the package)
+COMPUTING_MODULES = ("backbones.py", "capture.py", "cache.py")
+
+
+def code_hash() -> str:
+    """SHA-256 (16 hex) of the source of :data:`COMPUTING_MODULES`: part of a store's key."""
+    root = Path(__file__).resolve().parent
+    return hash_files([root / m for m in COMPUTING_MODULES])
+
+
+def image_fingerprints(dataset: ImageSource, ids: Sequence[str]) -> dict[str, str]:
+    """Content hash (SHA-256, 16 hex) of each image: its file's bytes when the dataset names a
+    file (``dataset[id].file``), else the decoded pixels."""
+    out = {}
+    for i in ids:
+        f = getattr(dataset[i], "file", None) if hasattr(dataset, "__getitem__") else None
+        if f is not None and Path(f).is_file():
+            out[i] = hash_files([f])
+        else:
+            img = _load(dataset, i)
+            out[i] = hashlib.sha256(str(img.shape).encode() + img.tobytes()).hexdigest()[:16]
+    return out
 
 
 def image_ids_hash(ids: Sequence[str]) -> str:
@@ -153,6 +185,7 @@ def _args(backbone: Backbone, layers: Sequence[str], preprocess: Preprocess, ids
         "n_images": len(ids),
         "image_ids_sha256": image_ids_hash(ids),
         "gradients": gradients,
+        "code_sha256": code_hash(),
     }
 
 
@@ -216,7 +249,8 @@ def _load(dataset: ImageSource, image_id: str) -> np.ndarray:
     return img
 
 
-def _create(plan: CachePlan, args: dict[str, Any], backbone: Backbone) -> None:
+def _create(plan: CachePlan, args: dict[str, Any], backbone: Backbone,
+            fingerprints: dict[str, str]) -> None:
     root = zarr.open_group(str(plan.store), mode="w", zarr_format=3)
     root.attrs.update({"format": FORMAT, "state": "creating"})
     ids = np.array(plan.ids, dtype=object)
@@ -259,6 +293,7 @@ def _create(plan: CachePlan, args: dict[str, Any], backbone: Backbone) -> None:
         "versions": package_versions(),
         "args": args,
         "args_hash": args_hash(args),
+        "image_sha256": fingerprints,
     })
 
 
@@ -294,6 +329,7 @@ def prepare_cache(
     preprocess = backbone.preprocess if preprocess is None else preprocess
     gname, target = resolve_gradient_target(gradients)
     args = _args(backbone, layer_list, preprocess, ids, batch_size, dtype, gname)
+    fingerprints = image_fingerprints(dataset, ids)
 
     def plan_with(shapes: dict[str, tuple[int, int, int]]) -> CachePlan:
         return CachePlan(store=store, backbone=backbone.name, weights_id=backbone.weights_id,
@@ -317,11 +353,30 @@ def prepare_cache(
             )
         else:
             shapes = {k: tuple(int(s) for s in v) for k, v in attrs["shapes"].items()}
-            return plan_with(shapes)
+            plan = plan_with(shapes)
+            _recompute_changed(plan, attrs.get("image_sha256") or {}, fingerprints)
+            return plan
     plan = plan_with(_probe_shapes(backbone, layer_list, preprocess, dataset, ids[0]))
     store.parent.mkdir(parents=True, exist_ok=True)
-    _create(plan, args, backbone)
+    _create(plan, args, backbone, fingerprints)
     return plan
+
+
+def _recompute_changed(plan: CachePlan, stored: dict[str, str], current: dict[str, str]) -> None:
+    """Mark not-done every batch holding an image whose content hash differs from the one
+    recorded when the store was made (a replaced or edited file with the same id), then record
+    the new hashes (in that order: an interruption in between recomputes them again)."""
+    changed = [i for i in plan.ids if stored.get(i) != current[i]]
+    if not changed:
+        return
+    batches = sorted({plan.ids.index(i) // plan.batch_size for i in changed})
+    log.warning("%s: %d image(s) changed since they were cached (%s); recomputing batch(es) %s",
+                plan.store, len(changed), ", ".join(changed[:5]) + (" …" if len(changed) > 5
+                                                                    else ""), batches)
+    done = zarr.open_array(store=str(plan.store), path="done", mode="r+")
+    for b in batches:
+        done[b] = False
+    zarr.open_group(str(plan.store), mode="r+").attrs["image_sha256"] = current
 
 
 def _write_block(store: Path, path: str, start: int, data: np.ndarray) -> None:
