@@ -8,6 +8,10 @@ checkout's parameters. The CLI logs the file it used.
 
 Relative paths in the file are resolved against the file's folder, so the same file works from
 any working directory.
+
+:func:`load_params` validates the parameters, overrides applied, against the schema of
+:mod:`dissect.params_schema`: an unknown or missing key, a wrong type, NaN or a value out of
+range is refused with :class:`ParamsError`, one line per key.
 """
 
 from __future__ import annotations
@@ -18,13 +22,18 @@ from typing import Any
 import yaml
 
 from dissect.errors import DataError
+from dissect.params_schema import ParamsError, validate_params
+
+__all__ = ["SEARCH", "Params", "ParamsError", "find_params", "load_params"]
 
 #: where :func:`find_params` looks, relative to the working directory, in this order
 SEARCH = (Path("params.yaml"), Path("pipelines") / "params.yaml")
 
 
 class Params(dict):
-    """A dict of parameters that knows the folder its relative paths are relative to."""
+    """A dict of parameters that knows the folder its relative paths are relative to.
+
+    Built directly (tests), it is not validated; :func:`load_params` validates."""
 
     base: Path
     file: str = "params.yaml"
@@ -59,20 +68,30 @@ def find_params(path: str | Path | None = None) -> Path:
 
 def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Params:
     """Read a params.yaml (:func:`find_params`); ``overrides`` maps dotted keys
-    (``"stats.threshold"``) to values."""
+    (``"stats.threshold"``) to values. The result is validated
+    (:func:`dissect.params_schema.validate_params`): :class:`ParamsError` names the file and
+    every refused key."""
     path = find_params(path)
     if not path.is_file():
         raise DataError(path, "parameter file not found")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise DataError(path, "not valid YAML: " + " ".join(str(exc).split())) from None
     if not isinstance(data, dict):
         raise DataError(path, "parameter file must hold a mapping")
     for key, value in (overrides or {}).items():
         node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
+        *parents, leaf = str(key).split(".")
+        for i, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: i + 1])
+                raise ParamsError(path, [(str(key), f"cannot be set: {where} is not a section "
+                                                    f"(it holds {node!r})")])
         node[leaf] = value
+    data = validate_params(data, path, {str(k) for k in overrides or {}})
     params = Params(data)
     params.base = path.resolve().parent
     params.file = path.name

@@ -500,21 +500,31 @@ def improvement_bars(
     top_k: int = 10,
     ylabel: str | None = None,
     title: str | None = None,
+    low: str | None = None,
+    high: str | None = None,
 ) -> Figure:
     """Fig. 4: per category, one bar per k (ordered palette, given k order), a zero line.
 
     ``improvement`` has columns ``k, category, improvement_pct`` (or the column named by
     ``value``, e.g. ``excess_improvement_pct``) of the top-``top_k`` mean (the default y label
-    names it). A NaN value is marked "n/a" at the bar's place.
+    names it). A NaN value is marked "n/a" at the bar's place. ``low`` / ``high``: columns of a
+    range drawn as a whisker on each bar (e.g. the min and max over training seeds when the
+    bar is their mean).
     """
     source = "improvement table (improvement_bars)"
-    df = _require_columns(improvement, ["k", "category", value], source)
+    if (low is None) != (high is None):
+        raise DataError(source, "give both low and high, or neither")
+    extra = [low, high] if low is not None else []
+    df = _require_columns(improvement, ["k", "category", value, *extra], source)
     df, cats = _normalise_categories(df, source)
     _check_duplicates(df, ["k", "category"], source)
     ks = _first_seen(df["k"])
     vals = dict(
         zip(zip(df["k"], df["category"], strict=True), df[value].astype(float), strict=True)
     )
+    keys = list(zip(df["k"], df["category"], strict=True))
+    lows = dict(zip(keys, df[low].astype(float), strict=True)) if low else {}
+    highs = dict(zip(keys, df[high].astype(float), strict=True)) if high else {}
     palette = sns.color_palette("crest", len(ks))
 
     fig = _new_figure(max(5.0, 0.2 + 0.55 * len(cats) * max(1.0, len(ks) / 5)), 3.6)
@@ -526,6 +536,12 @@ def improvement_bars(
         heights = np.array([vals.get((k, c), np.nan) for c in cats])
         ok = np.isfinite(heights)
         ax.bar(pos[ok], heights[ok], width=width, color=palette[j], label=str(k), linewidth=0)
+        if low:
+            lo = np.array([lows.get((k, c), np.nan) for c in cats])
+            hi = np.array([highs.get((k, c), np.nan) for c in cats])
+            w = ok & np.isfinite(lo) & np.isfinite(hi)
+            ax.errorbar(pos[w], heights[w], yerr=[heights[w] - lo[w], hi[w] - heights[w]],
+                        fmt="none", ecolor="0.25", elinewidth=0.7, capsize=1.2)
         for p in pos[~ok]:
             ax.text(p, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="0.4")
     ax.axhline(0, color="black", linewidth=0.8)
@@ -1073,12 +1089,15 @@ def training_curves(
     *,
     loss_label: str = "training loss (−NSS)",
     title: str | None = None,
+    style: str | None = None,
 ) -> Figure:
     """Training loss and validation NSS per epoch, one line per ``by`` group.
 
     ``history`` has columns ``epoch, train_loss, val_nss`` and a grouping column (``by``; by
     default ``model`` if present, else ``k``). Groups keep their order of first appearance and get
-    an ordered palette. Epochs without validation (NaN) leave a gap. The saliency readouts are
+    an ordered palette. ``style``: a second grouping column drawn as line styles (default
+    ``seed`` when present: one line per model and training seed, the colour the model, the
+    dash the seed). Epochs without validation (NaN) leave a gap. The saliency readouts are
     trained by minimising −NSS (He et al. §3), so ``train_loss`` is −NSS and the default
     ``loss_label`` says so; pass another for another loss.
     """
@@ -1088,25 +1107,37 @@ def training_curves(
         by = next((c for c in ("model", "k") if c in df.columns), None)
     elif by not in df.columns:
         raise DataError(source, f"missing grouping column {by!r}; columns: {list(df.columns)}")
-    _check_duplicates(df, ([by] if by else []) + ["epoch"], source)
+    if style is None and "seed" in df.columns and by != "seed":
+        style = "seed"
+    elif style is not None and style not in df.columns:
+        raise DataError(source, f"missing style column {style!r}; columns: {list(df.columns)}")
+    _check_duplicates(df, ([by] if by else []) + ([style] if style else []) + ["epoch"], source)
     groups = _first_seen(df[by]) if by else [None]
+    styles = _first_seen(df[style]) if style else [None]
+    dashes = ["-", "--", ":", "-."]
     palette = sns.color_palette("crest" if by == "k" else "tab10", len(groups))
     fig = _new_figure(7.2, 3.0)
     axes = fig.subplots(1, 2)
     for g, color in zip(groups, palette, strict=True):
-        part = df if g is None else df[df[by] == g]
-        part = part.sort_values("epoch")
-        label = None if g is None else str(g)
-        for ax, col in zip(axes, ("train_loss", "val_nss"), strict=True):
-            ax.plot(
-                part["epoch"],
-                part[col].astype(float),
-                marker="o",
-                markersize=2.5,
-                linewidth=1.2,
-                color=color,
-                label=label,
-            )
+        for j, st in enumerate(styles):
+            part = df if g is None else df[df[by] == g]
+            if st is not None:
+                part = part[part[style] == st]
+            if part.empty:
+                continue
+            part = part.sort_values("epoch")
+            label = None if g is None or j > 0 else str(g)
+            for ax, col in zip(axes, ("train_loss", "val_nss"), strict=True):
+                ax.plot(
+                    part["epoch"],
+                    part[col].astype(float),
+                    marker="o",
+                    markersize=2.5 if j == 0 else 1.5,
+                    linewidth=1.2,
+                    linestyle=dashes[j % len(dashes)],
+                    color=color,
+                    label=label,
+                )
     axes[0].set_ylabel(loss_label)
     axes[1].set_ylabel("validation NSS")
     for ax in axes:
@@ -1119,6 +1150,9 @@ def training_curves(
             loc="outside right center",
             frameon=False,
         )
+    if style and len(styles) > 1:
+        key = ", ".join(f"{style} {st} {dashes[j % len(dashes)]}" for j, st in enumerate(styles))
+        title = f"{title} ({key})" if title else key
     if title:
         fig.suptitle(title)
     return fig

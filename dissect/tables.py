@@ -320,3 +320,73 @@ def _single(df: pd.DataFrame, col: str) -> Any:
         return None
     vals = pd.unique(df[col].dropna())
     return vals[0] if len(vals) == 1 else None
+
+
+def format_seed_cell(mean: float, sd: float, lo: float, hi: float, n_sig: int, n: int,
+                     digits: int = 2) -> str:
+    """``"1.13 ± 0.05 [1.08, 1.19] 3/3"``: mean over seeds ± sd, [min, max] over seeds, and
+    in how many of the seeds the permutation test was significant. One seed: ``"1.13 1/1"``."""
+    if not np.isfinite(mean):
+        return ""
+    f = f"{{:.{digits}f}}"
+    if n < 2:
+        return f"{f.format(mean)} {n_sig}/{n}"
+    return (f"{f.format(mean)} ± {f.format(sd)} [{f.format(lo)}, {f.format(hi)}] "
+            f"{n_sig}/{n}")
+
+
+def pivot_seeds(
+    summary: pd.DataFrame, stat: str, *, cells: str = "value", digits: int = 2,
+    order: list[str] | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    """Table 3 over training seeds: models (rows, ``order`` or order of appearance) ×
+    categories (:data:`NAMES` order), cells :func:`format_seed_cell` of ``value`` or (with
+    ``cells="excess"``) of the excess over the null, from a
+    :func:`dissect.seeds.seed_summary` table of one layer."""
+    if cells not in ("value", "excess"):
+        raise DataError("pivot_seeds", f"cells must be 'value' or 'excess', not {cells!r}")
+    need = {"model", "category", "stat", f"{cells}_mean", "n_significant", "n_seeds"}
+    if not need <= set(summary.columns):
+        raise DataError("pivot_seeds", f"table lacks columns {sorted(need - set(summary))}")
+    df = summary.loc[summary["stat"] == stat]
+    if df.empty:
+        raise DataError("pivot_seeds", f"no rows with stat {stat!r}")
+    if df.duplicated(["model", "category"]).any():
+        raise DataError("pivot_seeds", "several rows per (model, category): choose one layer")
+    d = 1 if stat.startswith("count") else digits
+    text = [format_seed_cell(r[f"{cells}_mean"], r[f"{cells}_sd"], r[f"{cells}_min"],
+                             r[f"{cells}_max"], int(r["n_significant"]), int(r["n_seeds"]), d)
+            for _, r in df.iterrows()]
+    wide = df.assign(cell=text).pivot(index="model", columns="category", values="cell")
+    rows = order or [str(m) for m in pd.unique(df["model"])]
+    cats = [c for c in NAMES if c in wide.columns] + [c for c in wide.columns if c not in NAMES]
+    return wide.reindex(index=[r for r in rows if r in wide.index], columns=cats).fillna("")
+
+
+def pivot_improvement_seeds(summary: pd.DataFrame, *, order: list[str] | None = None,
+                            column: str = "improvement_pct") -> pd.DataFrame:
+    """Fig. 4 over seeds: models (rows) × categories, cells ``"+12 ± 5 [6, 17] 3/3"``: the %
+    improvement's mean ± sd [min, max] over seeds and in how many seeds it is positive, from
+    :func:`dissect.seeds.improvement_summary`."""
+    need = {"model", "category", "n_seeds", f"{column}_mean", "n_improved"}
+    if not need <= set(summary.columns):
+        raise DataError("pivot_improvement_seeds",
+                        f"table lacks columns {sorted(need - set(summary.columns))}")
+    count = "n_improved" if column == "improvement_pct" else "n_excess_improved"
+
+    def cell(r: pd.Series) -> str:
+        m, sd = r[f"{column}_mean"], r[f"{column}_sd"]
+        if not np.isfinite(m):
+            return ""
+        n = int(r["n_seeds"])
+        if n < 2:
+            return f"{m:+.0f} {int(r[count])}/{n}"
+        return (f"{m:+.0f} ± {sd:.0f} [{r[f'{column}_min']:+.0f}, {r[f'{column}_max']:+.0f}] "
+                f"{int(r[count])}/{n}")
+
+    wide = summary.assign(cell=summary.apply(cell, axis=1)).pivot(
+        index="model", columns="category", values="cell")
+    rows = order or [str(m) for m in pd.unique(summary["model"])]
+    cats = [c for c in NAMES if c in wide.columns] + [c for c in wide.columns if c not in NAMES]
+    return wide.reindex(index=[r for r in rows if r in wide.index], columns=cats).fillna("")
+

@@ -113,8 +113,18 @@ def _resolve_relative(module: str, is_package: bool, level: int, target: str | N
     return f"{base}.{target}" if target else base
 
 
-def direct_imports(module: str, tree: SourceTree) -> set[str]:
-    """The package's modules that ``module``'s source imports anywhere (parents included)."""
+def _top_level_nodes(node: ast.AST):
+    """The nodes executed when a module is imported: everything outside function bodies."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        yield child
+        yield from _top_level_nodes(child)
+
+
+def direct_imports(module: str, tree: SourceTree, top_level_only: bool = False) -> set[str]:
+    """The package's modules that ``module``'s source imports anywhere (parents included), or
+    with ``top_level_only`` only outside function bodies (what importing it executes)."""
     path = tree.file_of(module)
     if path is None:
         raise FileNotFoundError(f"no source for {module} under {tree.root}")
@@ -127,7 +137,8 @@ def direct_imports(module: str, tree: SourceTree) -> set[str]:
         if tree.in_package(name):
             found.update(with_parents(name))
 
-    for node in ast.walk(node_tree):
+    nodes = _top_level_nodes(node_tree) if top_level_only else ast.walk(node_tree)
+    for node in nodes:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 add(alias.name)
@@ -156,8 +167,10 @@ def direct_imports(module: str, tree: SourceTree) -> set[str]:
 def closure(roots: Iterable[str], tree: SourceTree,
             exempt: frozenset[str] = EXEMPT_MODULES) -> set[str]:
     """Modules executed when ``roots`` are imported and their functions run: the transitive
-    closure of :func:`direct_imports`. Exempt modules are followed (their imports run) but not
-    included."""
+    closure of :func:`direct_imports`. Exempt modules are followed but not included, and only
+    their module-level imports count: :mod:`dissect.cli` dispatches a stage to its module (a
+    root here) and imports what its other commands (``dissect verify``) need inside the
+    functions of those commands, which a stage's command never runs."""
     seen: set[str] = set()
     todo = [m for r in roots for m in with_parents(r)]
     while todo:
@@ -165,7 +178,7 @@ def closure(roots: Iterable[str], tree: SourceTree,
         if module in seen:
             continue
         seen.add(module)
-        todo.extend(direct_imports(module, tree) - seen)
+        todo.extend(direct_imports(module, tree, top_level_only=module in exempt) - seen)
     return seen - exempt
 
 
@@ -604,13 +617,46 @@ def uncovered_params(reads: Reads, declared: Iterable[str],
 # --------------------------------------------------------------------------- command line
 
 
+def rewrite_deps(text: str, suggested: dict[str, list[str]]) -> str:
+    """``dvc.yaml`` text with each stage's ``deps:`` entries under the package replaced by
+    ``suggested[stage]`` (after the stage's other deps); every other line is kept as it is."""
+    lines, out, stage, in_deps = text.splitlines(), [], None, False
+    for line in lines:
+        m = re.match(r"^  ([A-Za-z0-9_-]+):\s*$", line)
+        if m:
+            stage, in_deps = m.group(1), False
+        if in_deps:
+            if re.match(rf"^    - (\.\./)+{PACKAGE}(/|$)", line):
+                continue  # an old package entry: replaced below
+            if not line.startswith("    - "):
+                out += [f"    - {dep}" for dep in suggested.get(stage, [])]
+                in_deps = False
+        if not in_deps:
+            out.append(line)
+        elif line.startswith("    - "):
+            out.append(line)
+        if re.match(r"^    deps:\s*$", line) and stage is not None:
+            in_deps = True
+    if in_deps:
+        out += [f"    - {dep}" for dep in suggested.get(stage, [])]
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true",
                         help="print whole deps: blocks (the stage's non-dissect deps kept)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a module is uncovered")
+    parser.add_argument("--write", action="store_true",
+                        help="rewrite the dissect entries of every deps: block of dvc.yaml in "
+                             "place (other deps and the rest of the file kept)")
     args = parser.parse_args(argv)
     pipeline = Pipeline()
+    if args.write:
+        path = pipeline.pipelines / "dvc.yaml"
+        path.write_text(rewrite_deps(path.read_text(), suggested_deps(pipeline)))
+        print(f"rewrote the deps of {path}", file=sys.stderr)
+        return 0
     missing = uncovered_modules(pipeline)
     extra = unneeded_deps(pipeline)
     suggested = suggested_deps(pipeline)

@@ -446,6 +446,36 @@ def test_training_curves():
         F.training_curves(hist.drop(columns="val_nss"))
 
 
+def test_training_curves_draw_one_dashed_line_per_seed():
+    hist = pd.DataFrame([dict(model=m, seed=s, epoch=e, train_loss=-e - s, val_nss=e + s)
+                         for m in ("k0", "k1") for s in (0, 5) for e in (1, 2, 3)])
+    fig = F.training_curves(hist)
+    loss_ax, _ = fig.axes
+    lines = loss_ax.get_lines()
+    assert len(lines) == 4  # 2 models × 2 seeds
+    assert [ln.get_linestyle() for ln in lines] == ["-", "--", "-", "--"]
+    assert lines[1].get_color() == lines[0].get_color() != lines[2].get_color()
+    assert list(lines[1].get_ydata()) == [-6, -7, -8]  # model k0, seed 5
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["k0", "k1"]  # one per model
+    assert "seed 0 -" in fig._suptitle.get_text() and "seed 5 --" in fig._suptitle.get_text()
+
+
+def test_improvement_bars_whiskers_span_low_to_high():
+    imp = pd.DataFrame([dict(k=k, category=c, mean=10.0 * (i + 1), lo=5.0 * (i + 1),
+                             hi=12.0 * (i + 1)) for k in ("1", "all")
+                        for i, c in enumerate(CATS)])
+    fig = F.improvement_bars(imp, value="mean", low="lo", high="hi")
+    ax = fig.axes[0]
+    bars = [r for r in ax.patches if r.get_height() != 0]
+    assert sorted(b.get_height() for b in bars) == sorted(imp["mean"])
+    segs = [seg for col in ax.collections for seg in col.get_segments()]
+    spans = sorted((round(min(y for _, y in seg), 6), round(max(y for _, y in seg), 6))
+                   for seg in segs if len(seg) == 2 and seg[0][0] == seg[1][0])
+    assert spans == sorted(zip(imp["lo"], imp["hi"], strict=True))
+    with pytest.raises(DataError, match="both"):
+        F.improvement_bars(imp, value="mean", low="lo")
+
+
 # ----------------------------------------------------------------------------- saving
 
 
@@ -506,15 +536,23 @@ def test_stage_k_labels():
     assert deepest_numeric([]) is None
 
 
-def _category_stats(models_k: dict, layers: list[str], top: str) -> pd.DataFrame:
+def _category_stats(models_k: dict, layers: list[str], top: str,
+                    seeds=(0, 1)) -> pd.DataFrame:
+    """A per-seed statistics table as the statistics stage writes it (pt without a seed)."""
     rows = []
     for model, k in models_k.items():
-        for layer in layers if model == "pt" else layers[-1:]:
-            for i, cat in enumerate(CATS):
-                for stat in (top, "count_above_T"):
-                    rows.append(dict(model=model, k=k, layer=layer, category=cat, stat=stat,
-                                     value=1.0 + i, null_mean=0.5, p_value=0.01))
-    return pd.DataFrame(rows)
+        for seed in [None] if model == "pt" else seeds:
+            for layer in layers if model == "pt" else layers[-1:]:
+                for i, cat in enumerate(CATS):
+                    for stat in (top, "count_above_T"):
+                        v = 1.0 + i + (0.0 if model in ("pt", "k0") else 0.1 * (seed + 1))
+                        rows.append(dict(model=model, seed=seed, k=k, layer=layer, category=cat,
+                                         stat=stat, value=v, null_mean=0.5, p_value=0.01,
+                                         excess=v - 0.5, excess_ci_low=v - 0.7,
+                                         excess_ci_high=v - 0.3))
+    df = pd.DataFrame(rows)
+    df["seed"] = df["seed"].astype("Int64")
+    return df
 
 
 @pytest.mark.parametrize("top_k, ks", [(10, [0, 1, "all"]), (5, [0, 2])])
@@ -524,33 +562,32 @@ def test_stage_writes_top_k_names_and_all_label(tmp_path, monkeypatch, top_k, ks
     the committed figures folder as it was."""
     from dissect.config import load_params
     from dissect.stages import figures as stage
+    from dissect.stages.statistics import write_statistics_tables
 
     params_file = Path(__file__).resolve().parents[1] / "pipelines" / "params.yaml"
     params = load_params(params_file, {"work": str(tmp_path / "work"),
                                        "results": str(tmp_path / "results"),
                                        "stats.top_k": top_k, "train.ks": ks,
+                                       "train.seeds": [0, 1], "scene.seeds": [0, 1],
                                        "backbone.layers": LAYERS})
     top = f"top{top_k}_mean"
     models_k = {"pt": -1, **{f"k{k}": (18 if k == "all" else k) for k in ks}}
     tables = tmp_path / "results" / "tables"
-    (tables / "statistics").mkdir(parents=True)
-    _category_stats(models_k, LAYERS, top).to_csv(tables / "statistics" /
-                                                  "category_statistics.csv", index=False)
-    imp = pd.DataFrame([dict(layer=LAYERS[-1], category=c, k=k, improvement_pct=1.0 * i,
-                             excess_improvement_pct=2.0 * i)
-                        for k in list(models_k.values())[2:] for i, c in enumerate(CATS)])
-    imp.to_csv(tables / "statistics" / "fig4_improvement.csv", index=False)
-    pd.DataFrame([dict(model=f"k{k}", epoch=e, train_loss=-e, val_nss=e)
-                  for k in ks for e in (1, 2)]).to_csv(tables / "training_curves.csv",
-                                                       index=False)
+    write_statistics_tables(_category_stats(models_k, LAYERS, top), tables / "statistics",
+                            top=top, last=LAYERS[-1],
+                            kw=dict(k=top_k, n_null=10, n_boot=10, threshold=1.5))
+    pd.DataFrame([dict(model=f"k{k}", seed=s, epoch=e, train_loss=-e, val_nss=e)
+                  for k in ks for s in (0, 1) for e in (1, 2)]).to_csv(
+        tables / "training_curves.csv", index=False)
     labels = ["all" if k == "all" else f"k{k}" for k in ks]  # as the inner-output stage names
     (tables / "inner_output").mkdir()
-    pd.DataFrame([dict(model=m, category=c, os=1.0 + i, od=0.1, inner=2.0 - 0.1 * i,
-                       inner_excess=0.1 * i) for m in labels for i, c in enumerate(CATS)]
+    pd.DataFrame([dict(seed=s, model=m, category=c, os=1.0 + i, od=0.1, inner=2.0 - 0.1 * i,
+                       inner_excess=0.1 * i)
+                  for s in (0, 1) for m in labels for i, c in enumerate(CATS)]
                  ).to_csv(tables / "inner_output" / "inner_output.csv", index=False)
-    pd.DataFrame([dict(model=m, r_s=-1.0, p_value=0.01, r_s_excess=1.0, p_value_excess=0.01)
-                  for m in labels]).to_csv(tables / "inner_output" /
-                                           "inner_output_spearman.csv", index=False)
+    pd.DataFrame([dict(seed=s, model=m, r_s=-1.0, p_value=0.01, r_s_excess=1.0,
+                       p_value_excess=0.01) for s in (0, 1) for m in labels]).to_csv(
+        tables / "inner_output" / "inner_output_spearman.csv", index=False)
     drawn = {}
 
     def spy(name):
@@ -580,6 +617,12 @@ def test_stage_writes_top_k_names_and_all_label(tmp_path, monkeypatch, top_k, ks
     assert list(pd.unique(drawn["heatmap_k"][0]["k"])) == k_labels
     assert list(pd.unique(drawn["improvement_bars"][0]["k"])) == k_labels[1:]
     assert list(pd.unique(drawn["training_curves"][0]["model"])) == labels
+    # Table 3's heatmap shows the mean over the two seeds (values +0.1 and +0.2: +0.15)
+    heat = drawn["heatmap_k"][0]
+    row = heat[(heat["k"] == k_labels[1]) & (heat["category"] == CATS[0]) & (heat["stat"] == top)]
+    assert row["value"].iloc[0] == pytest.approx(1.15)
+    heat0 = heat[(heat["k"] == "0") & (heat["stat"] == top)]
+    assert heat0["value"].tolist() == [1.0 + i for i in range(len(CATS))]
 
     # the stage replaces the folder atomically: an error keeps the committed figures
     paper.mkdir()

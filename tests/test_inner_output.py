@@ -337,6 +337,7 @@ def _stage_params(tmp_path, monkeypatch):
     p["data"].update(split_file=str(tmp_path / "split.csv"), max_images=None)
     p["backbone"]["layers"] = ["c1", "c2"]
     p["train"]["ks"] = [0, "all"]
+    p["train"]["seeds"] = [0, 1]
     p["stats"].update(top_k=2, n_null=20, n_boot=20)
     p["gt"] = dict(GT)
     p["progress"] = False
@@ -349,19 +350,25 @@ def _stage_params(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "inputs", lambda params: (dataset, regions))
     rng = np.random.default_rng(3)
     rows = regions.table
-    stats = []
-    for name, k in (("k0", 0), ("kall", "all")):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(len(name))
-            save_readout(common.work(params, "readouts", name, "model.pt"),
-                         SaliencyReadout(base, k), {})
-        assoc = xr.DataArray(rng.normal(1.0, 1.0, (6, len(rows))), dims=("unit", "region"),
-                             coords={"image": ("region", rows["image"].to_numpy()),
-                                     "category": ("region", rows["category"].to_numpy())})
-        save_associations({"c2": assoc}, common.assoc_store(params, name))
-        st = category_statistics({"c2": assoc}, k=2, n_null=20, n_boot=20, seed=0)
-        st.insert(0, "model", name)  # as the statistics stage writes it: "kall", not "all"
-        stats.append(st)
+    stats, computed = [], {}
+    for seed in (0, 1):
+        for name, k in (("k0", 0), ("kall", "all")):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(len(name) + 10 * seed)
+                save_readout(common.readout_path(params, name, seed),
+                             SaliencyReadout(base, k), {})
+            if name == "kall" or seed == 0:  # setup I's units: the pretrained ones, stored once
+                assoc = xr.DataArray(
+                    rng.normal(1.0, 1.0, (6, len(rows))), dims=("unit", "region"),
+                    coords={"image": ("region", rows["image"].to_numpy()),
+                            "category": ("region", rows["category"].to_numpy())})
+                save_associations({"c2": assoc}, common.assoc_store(params, name, seed))
+                computed[name] = category_statistics({"c2": assoc}, k=2, n_null=20, n_boot=20,
+                                                     seed=0)
+            st = computed[name].copy()
+            st.insert(0, "model", name)  # as the statistics stage writes it: "kall", not "all"
+            st.insert(1, "seed", seed)
+            stats.append(st)
     stats = pd.concat(stats, ignore_index=True)
     stats.to_csv(common.results(params, "tables", "statistics", "category_statistics.csv"),
                  index=False)
@@ -376,43 +383,59 @@ def test_stage_writes_the_tables_and_keeps_them_on_failure(tmp_path, monkeypatch
     run_inner_output(params)
     out = params.results / "tables" / "inner_output"
     names = sorted(f.name for f in out.iterdir())
-    assert names == sorted(f"{n}.{ext}" for n in ("inner_output", "inner_output_spearman",
-                                                  "anova", "tukey_hsd", "readout_performance")
-                           for ext in ("csv", "md"))
+    tables = ("inner_output", "inner_output_spearman", "anova", "tukey_hsd",
+              "readout_performance")
+    assert names == sorted(f"{n}{x}.{ext}" for n in tables for x in ("", "_seeds")
+                           for ext in ("csv", "md") if n != "inner_output" or not x)
     per_cat = pd.read_csv(out / "inner_output.csv")
     assert list(dict.fromkeys(per_cat["model"])) == ["k0", "all"]  # one display name
+    assert sorted(per_cat["seed"].unique()) == [0, 1]
     top = stats[stats["stat"] == "top2_mean"].assign(
         model=lambda d: d["model"].map(common.model_label))
-    merged = per_cat.merge(top, on=["model", "category"])
-    assert len(merged) == len(per_cat) == 8
+    merged = per_cat.merge(top, on=["seed", "model", "category"])
+    assert len(merged) == len(per_cat) == 16
     np.testing.assert_allclose(merged["inner"], merged["value"], atol=1e-12)
     np.testing.assert_allclose(merged["inner_null"], merged["null_mean"], atol=1e-12)
     np.testing.assert_allclose(merged["inner_excess"], merged["value"] - merged["null_mean"],
                                atol=1e-12)
     sp = pd.read_csv(out / "inner_output_spearman.csv")
-    assert list(sp["model"]) == ["k0", "all"]
+    assert list(sp["model"]) == ["k0", "all"] * 2 and list(sp["seed"]) == [0, 0, 1, 1]
     for _, row in sp.iterrows():
-        t = per_cat[per_cat["model"] == row["model"]].dropna(subset=["os"])
+        of = (per_cat["model"] == row["model"]) & (per_cat["seed"] == row["seed"])
+        t = per_cat[of].dropna(subset=["os"])
         assert row["n"] == len(t) >= 3
         assert row["r_s"] == pytest.approx(sps.spearmanr(t["inner"], t["os"]).statistic)
         assert row["r_s_excess"] == pytest.approx(
             sps.spearmanr(t["inner_excess"], t["os"]).statistic)
-        t = per_cat[per_cat["model"] == row["model"]]
+        t = per_cat[of]
         size = sps.spearmanr(t["inner"], t["n_regions"]).statistic
         assert row["r_s_inner_vs_size"] == pytest.approx(size, nan_ok=True)
+    # over seeds: the mean and the decisions counted from the per-seed rows
+    summary = pd.read_csv(out / "inner_output_spearman_seeds.csv").set_index("model")
+    for model, g in sp.groupby("model"):
+        assert summary.loc[model, "r_s_mean"] == pytest.approx(g["r_s"].mean())
+        assert summary.loc[model, "n_significant"] == int((g["p_value"] < 0.05).sum())
+    tukey = pd.read_csv(out / "tukey_hsd.csv")
+    tk = pd.read_csv(out / "tukey_hsd_seeds.csv", keep_default_na=False)
+    for _, row in tk.iterrows():
+        of = ((tukey["model"] == row["model"]) & (tukey["group1"] == row["group1"])
+              & (tukey["group2"] == row["group2"]))
+        assert row["n_reject"] == int(tukey.loc[of, "reject"].sum()) and row["n_seeds"] == 2
     region_rows = pd.read_csv(params.work / "inner_output" / "region_output.csv")
-    assert set(region_rows["model"]) == {"k0", "all"} and len(region_rows) == 16
+    assert set(region_rows["model"]) == {"k0", "all"} and len(region_rows) == 32
     perf = pd.read_csv(out / "readout_performance.csv")
-    assert list(perf["model"]) == ["k0", "all"]
+    assert list(perf["model"]) == ["k0", "all"] * 2
+    # the readouts differ between seeds (another initialisation), so do their outputs
+    assert not np.allclose(perf["nss"].iloc[:2], perf["nss"].iloc[2:])
 
     # an interrupted / failing run leaves the committed tables as they were
     before = {f.name: f.read_bytes() for f in out.iterdir()}
-    (params.work / "readouts" / "kall" / "model.pt").unlink()
+    common.readout_path(params, "kall", 1).unlink()
     with pytest.raises(DataError):
         run_inner_output(params)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     # a statistics table from other associations is refused, not silently mixed in
-    (params.work / "readouts" / "kall").rmdir()
+    common.readout_path(params, "kall", 1).parent.rmdir()
     params2, _ = _stage_params(tmp_path / "again", monkeypatch)
     stale = pd.read_csv(params2.results / "tables" / "statistics" / "category_statistics.csv")
     stale["value"] += 0.5

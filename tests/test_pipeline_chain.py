@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from stage_deps import (
@@ -76,9 +77,15 @@ def test_whole_chain_on_a_dozen_osie_images(chain):
     assert set(pt["stat"]) == {"top10_mean", "count_above_T"}
     assert pt["p_value"].between(0, 1).all()
     # setup I shares the pretrained trunk: identical unit statistics for the last layer
-    k0 = stats[(stats["model"] == "k0")].set_index(["category", "stat"])["value"]
     ptl = pt[pt["layer"] == "head"].set_index(["category", "stat"])["value"]
-    pd.testing.assert_series_equal(k0.sort_index(), ptl.sort_index(), check_names=False)
+    k0 = stats[(stats["model"] == "k0")]
+    assert sorted(k0["seed"].unique()) == [0, 1]  # the quick profile's two training seeds
+    for _, g in k0.groupby("seed"):  # the same units in every seed
+        pd.testing.assert_series_equal(g.set_index(["category", "stat"])["value"].sort_index(),
+                                       ptl.sort_index(), check_names=False)
+    # the fine-tuned readouts differ between the seeds
+    k1 = stats[(stats["model"] == "k1") & (stats["stat"] == "top10_mean")]
+    assert not np.allclose(k1[k1.seed == 0]["value"], k1[k1.seed == 1]["value"])
     for name in ("statistics/table2_top10_mean.md", "statistics/table3_top10_mean.md",
                  "statistics/fig4_improvement.csv", "inner_output/inner_output.csv",
                  "inner_output/anova.csv", "inner_output/tukey_hsd.csv",
@@ -86,7 +93,8 @@ def test_whole_chain_on_a_dozen_osie_images(chain):
                  "popout_readouts/table4_popout_models.csv",
                  "popout_readouts/table6_popout_k.csv", "task/table7_task_statistics.csv",
                  "scene/table8_mean_map_nss.csv", "task/task_permutation_test.csv",
-                 "training_curves.csv"):
+                 "statistics/finetuning_conclusions.csv", "statistics/table3_seed_anova.csv",
+                 "inner_output/tukey_hsd_seeds.csv", "training_curves.csv"):
         assert (res / "tables" / name).is_file(), name
     io = pd.read_csv(res / "tables" / "inner_output" / "inner_output.csv")
     assert set(io["model"]) == {"k0", "k1", "k2"}
@@ -97,7 +105,7 @@ def test_whole_chain_on_a_dozen_osie_images(chain):
             "fig8_popout_examples.png", "fig11_task_maps.png"} <= figs
     text = (res / "report.md").read_text()
     assert "Table 2 analogue" in text and "![table2_top10]" in text
-    assert elapsed < 240, f"chain took {elapsed:.0f} s"
+    assert elapsed < 400, f"chain took {elapsed:.0f} s"
 
 
 def test_every_params_key_a_stage_reads_is_in_its_dvc_params(chain):

@@ -65,20 +65,25 @@ def test_replacing_a_file_and_a_new_output(tmp_path):
 
 # ------------------------------------------------------------------ where params come from
 def test_params_are_found_in_the_working_directory_not_beside_the_package(tmp_path, monkeypatch):
-    (tmp_path / "params.yaml").write_text("work: w\nresults: r\n")
+    raw = yaml.safe_load((ROOT / "pipelines" / "params.yaml").read_text())
+
+    def write(path, **top):
+        path.write_text(yaml.safe_dump({**raw, **top}, sort_keys=False))
+
+    write(tmp_path / "params.yaml", work="w", results="r")
     monkeypatch.chdir(tmp_path)
     assert find_params() == (tmp_path / "params.yaml").resolve()
     p = load_params()
     assert p.work == (tmp_path / "w").resolve() and p.file == "params.yaml"
     (tmp_path / "params.yaml").unlink()
     (tmp_path / "pipelines").mkdir()
-    (tmp_path / "pipelines" / "params.yaml").write_text("work: ../w2\n")
+    write(tmp_path / "pipelines" / "params.yaml", work="../w2")
     assert load_params().work == (tmp_path / "w2").resolve()
     (tmp_path / "pipelines" / "params.yaml").unlink()
     with pytest.raises(DataError, match="--params"):
         load_params()
     other = tmp_path / "elsewhere.yaml"
-    other.write_text("work: x\n")
+    write(other, work="x")
     assert load_params(other).file == "elsewhere.yaml"
 
 

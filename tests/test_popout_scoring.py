@@ -217,6 +217,7 @@ def test_popout_stages_write_tables_through_replacing(tmp_path, monkeypatch):
     p["work"], p["results"] = str(tmp_path / "work"), str(tmp_path / "results")
     p["backbone"]["layers"] = ["c1", "c2"]
     p["train"]["ks"] = [0, "all"]
+    p["train"]["seeds"] = [0, 3]  # Tables 4 and 6 use the first seed's readouts
     p["stats"]["top_k"] = 2
     p["popout"].update(n_per_dimension=1, models=["spectral_residual"])
     p["progress"] = False
@@ -225,7 +226,7 @@ def test_popout_stages_write_tables_through_replacing(tmp_path, monkeypatch):
     base = tiny_backbone(0)
     monkeypatch.setattr(common, "backbone", lambda params: base)
     for name, k in (("k0", 0), ("kall", "all")):
-        save_readout(common.work(params, "readouts", name, "model.pt"),
+        save_readout(common.readout_path(params, name, 0),
                      SaliencyReadout(base, k), {})
     # smaller arrays than the default 600×800 (the set test_popout.py checks): a fast test
     small_set = functools.partial(default_set, height=300, width=400, rows=3, cols=4,
@@ -262,7 +263,7 @@ def test_popout_stages_write_tables_through_replacing(tmp_path, monkeypatch):
 
     # a failing rerun leaves the committed tables untouched
     before = {f.name: f.read_bytes() for f in (res / "popout_readouts").iterdir()}
-    (params.work / "readouts" / "kall" / "model.pt").unlink()
+    common.readout_path(params, "kall", 0).unlink()
     with pytest.raises(DataError, match="does not exist"):
         popout.run_popout_readouts(params)
     assert {f.name: f.read_bytes() for f in (res / "popout_readouts").iterdir()} == before

@@ -1,6 +1,8 @@
-"""The report stage on synthetic results trees: complete for any ``stats.top_k`` / ``train.ks``,
-one name for the all-stages readout, Table 7 as a pivot, parameters only as recorded, provenance
-from ``dvc.yaml``'s stages, and an atomic write."""
+"""The report stage on synthetic results trees (the statistics tables written by the statistics
+stage's own writers from a synthetic per-seed table): complete for any ``stats.top_k`` /
+``train.ks``, one name for the all-stages readout, Tables 3 and 7 over seeds, the fine-tuning
+conclusions seed by seed, parameters only as recorded, provenance from ``dvc.yaml``'s stages,
+and an atomic write."""
 
 from __future__ import annotations
 
@@ -20,26 +22,37 @@ from PIL import Image
 from dissect.categories import NAMES
 from dissect.config import load_params
 from dissect.stages import common, report
-from dissect.tables import pivot_k, pivot_layers, write_table
+from dissect.stages.statistics import write_statistics_tables, write_task_tables
+from dissect.tables import write_table
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 LAYERS = ["block14", "block15", "head"]
 VERSIONS = {"python": "3.11.7", "dissect": "0.1.0", "torch": "2.13.0+cpu"}
-# values the run never records: the report must not print them
-UNRECORDED = {"backbone.input_size": 777, "unused_section": {"knob": 31337}}
+SEEDS = [0, 1, 2]
+KW = dict(k=10, threshold=1.5, n_null=200, n_boot=1000, null="labels")
 
 
-def _stats_table(models: list[str], top: str) -> pd.DataFrame:
+def _stats_table(models: list[str], top: str, seeds=SEEDS, n_stages: int = 18) -> pd.DataFrame:
+    """A per-seed statistics table as the statistics stage writes it: pt once (no seed), every
+    readout once per seed (k0 the same numbers in every seed: its units are pt's)."""
     rng = np.random.default_rng(0)
     rows = []
     for model in models:
-        for layer in LAYERS if model == "pt" else LAYERS[-1:]:
-            for cat in NAMES:
-                for stat in (top, "count_above_T"):
-                    rows.append(dict(model=model, layer=layer, category=cat, stat=stat,
-                                     value=rng.uniform(0.5, 3), null_mean=0.8,
-                                     p_value=rng.uniform(0, 0.2)))
-    return pd.DataFrame(rows)
+        for seed in [None] if model == "pt" else seeds:
+            for layer in LAYERS if model == "pt" else LAYERS[-1:]:
+                for cat in NAMES:
+                    for stat in (top, "count_above_T"):
+                        value = (3.0 if model == "k0" else rng.uniform(0.5, 3)) + NAMES.index(
+                            cat) / 10
+                        k = -1 if model == "pt" else (n_stages if model == "kall"
+                                                       else int(model[1:]))
+                        rows.append(dict(model=model, seed=seed, k=k, layer=layer, category=cat,
+                                         stat=stat, value=value, null_mean=0.8,
+                                         p_value=rng.uniform(0, 0.2), excess=value - 0.8,
+                                         excess_ci_low=value - 1.0, excess_ci_high=value - 0.6))
+    df = pd.DataFrame(rows)
+    df["seed"] = df["seed"].astype("Int64")
+    return df
 
 
 def _png(path: Path) -> None:
@@ -92,10 +105,6 @@ def run_order(pipelines: Path) -> list[str]:
     return list(TopologicalSorter(graph).static_order())
 
 
-def _k_label(k) -> str:
-    return "all" if k == "all" else str(k)
-
-
 def make_tree(root: Path, top_k: int, ks: list, *, extract_size=None):
     """A results tree as the stages write it for ``stats.top_k = top_k``, ``train.ks = ks``;
     returns (params, expected table stems, expected figure names)."""
@@ -109,8 +118,7 @@ def make_tree(root: Path, top_k: int, ks: list, *, extract_size=None):
     # sp (the readout k<scene.tuned_stages>) must be one that train.ks trains
     raw["scene"]["tuned_stages"] = next(k for k in ks if k not in (0, "all"))
     raw["backbone"]["layers"] = LAYERS
-    raw["backbone"]["input_size"] = UNRECORDED["backbone.input_size"]
-    raw["unused_section"] = UNRECORDED["unused_section"]
+    raw["train"]["seeds"] = SEEDS
     (pipelines / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params = load_params(pipelines / "params.yaml")
     results, tables = params.results, params.results / "tables"
@@ -119,28 +127,19 @@ def make_tree(root: Path, top_k: int, ks: list, *, extract_size=None):
     labels = ["all" if m == "kall" else m for m in readouts]
 
     stats = _stats_table(["pt", *readouts], top)
-    write_table(stats, tables / "statistics" / "category_statistics")
-    pt = stats[stats["model"] == "pt"]
-    by_k = stats[stats["model"] != "pt"].assign(  # labelled as the statistics stage does
-        k=lambda d: d["model"].str[1:].map(lambda k: _k_label(k)),
-        model=lambda d: d["model"].map(common.model_label))
-    for stat in (top, "count_above_T"):
-        write_table(pivot_layers(pt, stat).reset_index(), tables / "statistics" / f"table2_{stat}")
-        write_table(pivot_k(by_k, stat, layer=LAYERS[-1]).reset_index(),
-                    tables / "statistics" / f"table3_{stat}")
-    tuned = [k for k in ks if k != 0]
-    write_table(pd.DataFrame([dict(layer=LAYERS[-1], category=c, k=_k_label(k),
-                                   improvement_pct=1.0) for k in tuned for c in NAMES]),
-                tables / "statistics" / "fig4_improvement")
-    pd.DataFrame([dict(model=m, epoch=1, train_loss=-1.0, val_nss=1.0) for m in labels]).to_csv(
-        tables / "training_curves.csv", index=False)
+    kw = KW | {"k": top_k}
+    write_statistics_tables(stats, tables / "statistics", top=top, last=LAYERS[-1], kw=kw)
+    pd.DataFrame([dict(model=m, seed=s, epoch=1, train_loss=-1.0, val_nss=1.0)
+                  for m in labels for s in SEEDS]).to_csv(tables / "training_curves.csv",
+                                                          index=False)
     io = tables / "inner_output"
-    write_table(pd.DataFrame(dict(model=labels, nss=1.5, cc=0.5, auc_judd=0.8)),
-                io / "readout_performance")
-    write_table(pd.DataFrame(dict(model=labels, r_s=0.1, p_value=0.7, r_s_excess=0.9,
-                                  p_value_excess=0.001, n=12)), io / "inner_output_spearman")
-    write_table(pd.DataFrame(dict(model=labels, source="cluster", F=3.0, test="od_by_cluster")),
-                io / "anova")
+    write_table(pd.DataFrame(dict(model=labels, nss_mean=1.5, cc_mean=0.5, auc_judd_mean=0.8)),
+                io / "readout_performance_seeds")
+    write_table(pd.DataFrame(dict(model=labels, r_s_mean=0.1, n_significant=0,
+                                  r_s_excess_mean=0.9, n_excess_significant=3)),
+                io / "inner_output_spearman_seeds")
+    write_table(pd.DataFrame(dict(model=labels, test="od_by_cluster", term="cluster",
+                                  n_significant=3, agreement="all")), io / "anova_seeds")
     write_table(pd.DataFrame(dict(model="pt", dimension=["colour"], nmm=[1.0])),
                 tables / "popout" / "table4_popout_models")
     write_table(pd.DataFrame(dict(layer=LAYERS, feature=1.0, conjunction=0.5)),
@@ -157,12 +156,14 @@ def make_tree(root: Path, top_k: int, ks: list, *, extract_size=None):
                 "scene_recall")
     write_table(pd.DataFrame(dict(model=["pt", "sp", "sr"], correct=1.0)), tables / "scene" /
                 "table8_mean_map_nss")
-    t7 = _stats_table(["pt", "sp", "sr"], top)
+    t7 = _stats_table(["pt", "k1", "k2"], top)
     t7 = t7[t7["layer"] == LAYERS[-1]]
-    assert len(t7) == 72
-    write_table(t7, tables / "task" / "table7_task_statistics")
-    write_table(pd.DataFrame(dict(stat=[top, "count_above_T"], p_value=0.5)),
-                tables / "task" / "task_permutation_test")
+    t7 = pd.concat([t7[t7.model == "pt"].drop(columns="seed").assign(seed=s) for s in SEEDS]
+                   + [t7[t7.model != "pt"]]).replace({"model": {"k1": "sp", "k2": "sr"}})
+    assert len(t7) == 3 * 72
+    tests = pd.DataFrame([dict(seed=s, stat=st, p_value=0.01 if s else 0.5)
+                          for s in SEEDS for st in (top, "count_above_T")])
+    write_task_tables(t7.drop(columns="k"), tests, tables / "task", kw=kw, sp="k1")
 
     figures = [f"table2_top{top_k}.png", f"table2_top{top_k}_excess.png", "table2_count.png",
                "fig3_units_pretrained.png", f"table3_top{top_k}.png",
@@ -177,10 +178,13 @@ def make_tree(root: Path, top_k: int, ks: list, *, extract_size=None):
     _records(params.work, [s for s in run_order(pipelines) if s != "report"], raw,
              extract_size=extract_size)
     expected_tables = [f"table2_{top}", "table2_count_above_T", f"table3_{top}",
-                       "table3_count_above_T", "readout_performance", "inner_output_spearman",
-                       "anova", "table4_popout_models", "table4_popout_excess_by_dimension",
-                       "table5_popout_layers", "table6_popout_k", "scene_accuracy",
-                       "scene_recall", "task_permutation_test", "table8_mean_map_nss"]
+                       "table3_count_above_T", "fig4_improvement_summary",
+                       "finetuning_conclusions", "readout_performance_seeds",
+                       "inner_output_spearman_seeds", "anova_seeds", "table4_popout_models",
+                       "table4_popout_excess_by_dimension", "table5_popout_layers",
+                       "table6_popout_k", "scene_accuracy", "scene_recall",
+                       "table7_task_statistics", "task_permutation_test",
+                       "task_permutation_agreement", "table8_mean_map_nss"]
     return params, expected_tables, [*figures, "scene_confusion.png"]
 
 
@@ -199,14 +203,20 @@ def test_report_is_complete_for_any_top_k_and_ks(tmp_path, top_k, ks, size):
     # Table 3 / Fig. 4 files follow top_k; the other top-k's names appear nowhere
     other = 5 if top_k == 10 else 10
     assert f"top{other}" not in text
+    # a long table is linked, not inlined: Fig. 4 per seed (3 seeds × 12 categories per k)
+    n_fig4 = 3 * 12 * (len(ks) - 1)
+    assert ("**fig4_improvement**: " in text) == (n_fig4 > report.MAX_INLINE_ROWS)
     assert "**fig4_improvement**" in text
-    # a long table is linked, not inlined: Table 7's 72 tidy rows become pivots
     assert "[`tables/task/table7_task_statistics.csv`](tables/task/table7_task_statistics.csv)" \
         in text
     assert "| model | layer | category | stat" not in text
     t7 = text[text.index("**table7_task_statistics**"):text.index("**task_permutation_test**")]
-    assert len(re.findall(r"^\| (pt|sp|sr) ", t7, flags=re.M)) == 6  # 3 models × 2 statistics
-    assert f"*top{top_k}_mean*" in t7 and "*count_above_T*" in t7
+    rows = re.findall(rf"^\| (top{top_k}_mean|count_above_T)\s+\| (pt|sp|sr) ", t7, flags=re.M)
+    assert len(rows) == 6  # 3 models × 2 statistics, cells over the 3 seeds
+    assert " ± " in t7 and "/3 " in t7
+    # Table 3 over seeds: k0 has no spread (its units are the pretrained ones)
+    t3 = text[text.index(f"**table3_top{top_k}_mean**"):]
+    assert re.search(r"^\| k0\s+\| 3\.00 ± 0\.00 \[3\.00, 3\.00\]", t3, flags=re.M)
     # inner vs output: both correlations and what they mean
     assert "r_s_excess" in text and "study's definition" in text
 
@@ -228,7 +238,6 @@ def test_report_names_the_all_stages_model_all(tmp_path, top_k, ks):
 def test_report_prints_only_recorded_parameters(tmp_path, size):
     params, _, _ = make_tree(tmp_path, 10, [0, 1, "all"], extract_size=size)
     text = report.build_report(params)
-    assert "777" not in text and "31337" not in text and "unused_section" not in text
     assert "```yaml" not in text  # no dump of params.yaml
     # the input size is the preprocessing size extraction recorded, or nothing
     if size is None:
@@ -316,17 +325,16 @@ def test_failed_write_leaves_the_report_unchanged(tmp_path, monkeypatch):
     assert out.read_text().startswith("# dissect — results report")
 
 
-def test_table7_uses_the_pivots_the_statistics_stage_wrote(tmp_path):
-    params, _, _ = make_tree(tmp_path, 10, [0, 1, "all"])
-    task = params.results / "tables" / "task"
-    tidy = pd.read_csv(task / "table7_task_statistics.csv")
-    tidy = tidy.assign(layer=tidy["model"])  # a Table-2-style pivot with models as rows
-    write_table(pivot_layers(tidy, "top10_mean").reset_index().rename(columns={"layer": "model"}),
-                task / "table7_task_statistics_pivot")
+def test_report_says_which_finetuning_conclusions_hold_in_every_seed(tmp_path):
+    params, _, _ = make_tree(tmp_path, 10, [0, 1, 2, "all"])
+    conc = pd.read_csv(params.results / "tables" / "statistics" / "finetuning_conclusions.csv",
+                       keep_default_na=False)
     text = report.build_report(params)
-    t7 = text[text.index("**table7_task_statistics**"):text.index("**task_permutation_test**")]
-    assert "**table7_task_statistics_pivot** (`tables/task/table7_task_statistics_pivot.md`)" \
-        in t7
-    assert len(re.findall(r"^\| (pt|sp|sr) ", t7, flags=re.M)) == 3  # its rows, no own pivot
-    assert "(tables/task/table7_task_statistics.csv)" in t7
-    assert text.count("table7_task_statistics_pivot.md") == 1
+    assert "**Which fine-tuning conclusions survive the training seed** (3 seed(s)" in text
+    assert "each trained with seeds 0, 1, 2" in text
+    for statement, g in conc.groupby("statement"):
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"- {statement}: holds"))
+        for verdict, label in (("all", "in every seed"), ("mixed", "in some seeds only"),
+                               ("none", "in no seed")):
+            ks = [common.model_label(m) for m in g.loc[g.agreement == verdict, "model"]]
+            assert (f"{label} for {', '.join(ks)}" in line) == bool(ks), (statement, verdict)

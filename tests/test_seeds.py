@@ -95,3 +95,95 @@ def test_bad_tables_are_refused():
         seed_summary(bad)
     with pytest.raises(DataError, match="lacks columns"):
         seed_summary(t.drop(columns="seed"))
+
+
+# ------------------------------------------------------------------ spread / agreement / claims
+from dissect.seeds import (  # noqa: E402
+    agreement,
+    finetuning_conclusions,
+    improvement_summary,
+    spread,
+)
+from dissect.tables import format_seed_cell, pivot_improvement_seeds, pivot_seeds  # noqa: E402
+
+
+def test_spread_and_agreement_by_hand():
+    t = pd.DataFrame({"seed": [0, 1, 2, 0, 1, 2], "model": ["a"] * 3 + ["b"] * 3,
+                      "r": [0.1, 0.5, np.nan, 1.0, 1.0, 1.0],
+                      "sig": [True, False, True, True, True, True]})
+    s = spread(t, ["model"], ["r"]).set_index("model")
+    assert s.loc["a", "r_mean"] == pytest.approx(0.3)
+    assert s.loc["a", "r_sd"] == pytest.approx(np.std([0.1, 0.5], ddof=1))
+    assert (s.loc["a", "r_min"], s.loc["a", "r_max"], s.loc["a", "r_n_nan"]) == (0.1, 0.5, 1)
+    assert s.loc["b", "r_sd"] == 0 and s.loc["b", "n_seeds"] == 3
+    a = agreement(t, ["model"], "sig").set_index("model")
+    assert a.loc["a", "n_sig"] == 2 and a.loc["a", "seeds_sig"] == "0 2"
+    assert a.loc["a", "agreement"] == "mixed" and a.loc["b", "agreement"] == "all"
+    with pytest.raises(DataError, match="duplicate"):
+        spread(pd.concat([t, t.iloc[:1]]), ["model"], ["r"])
+    with pytest.raises(DataError, match="missing"):
+        agreement(t.assign(sig=[True, None, True, True, True, True]), ["model"], "sig")
+
+
+def improvement_table(imp: dict[int, dict[str, float]], model="k1", k=1) -> pd.DataFrame:
+    return pd.DataFrame([{"seed": s, "model": model, "k": k, "category": c,
+                          "improvement_pct": v, "excess_improvement_pct": v / 2}
+                         for s, row in imp.items() for c, v in row.items()])
+
+
+def test_conclusions_are_checked_seed_by_seed():
+    imp = improvement_table({
+        0: {"person head": 30, "animal head": 20, "text": 5, "food": 10},
+        1: {"person head": 25, "animal head": 2, "text": 8, "food": 12},
+        2: {"person head": 4, "animal head": 22, "text": 9, "food": -1},
+    })
+    per_seed, summary = finetuning_conclusions(imp, top=2)
+    s = summary.set_index("claim")
+    assert s.loc["head_over_text", "n_holds"] == 2  # seeds 0, 1 (seed 2: 4 < 9)
+    assert s.loc["head_over_text", "agreement"] == "mixed"
+    assert s.loc["animal_head_over_text", "n_holds"] == 2  # seeds 0, 2
+    assert s.loc["every_category_improves", "n_holds"] == 2  # seed 2 has food −1
+    # the two most improved: {ph, ah}, {ph, food}, {ah, text}: no category in all three, and
+    # no set more frequent than another (the first seed's counts as the modal one)
+    assert s.loc["favoured_top2", "detail"] == "" and s.loc["favoured_top2", "n_holds"] == 1
+    assert s.loc["favoured_top2", "agreement"] == "mixed"
+    # profile agreement: mean of the three pairwise Spearman correlations, computed by scipy
+    wide = imp.pivot(index="category", columns="seed", values="improvement_pct")
+    rs = np.mean([sps.spearmanr(wide[a], wide[b]).statistic for a, b in ((0, 1), (0, 2), (1, 2))])
+    assert s.loc["head_over_text", "profile_rs"] == pytest.approx(rs)
+    top = per_seed[per_seed.claim == "favoured_top2"].set_index("seed")["detail"]
+    assert top[0] == "person head, animal head" and top[2] == "animal head, text"
+    # a subset without animal heads: that claim is not evaluated, the others are
+    _, sub = finetuning_conclusions(imp[imp.category != "animal head"], top=2)
+    assert "animal_head_over_text" not in set(sub.claim)
+    # top 2 without animal heads: {ph, food}, {ph, food}, {text, ph}: modal set in 2 seeds
+    fav = sub.set_index("claim").loc["favoured_top2"]
+    assert fav["n_holds"] == 2 and fav["detail"] == "person head"
+
+
+def test_improvement_summary_and_pivots_by_hand():
+    imp = improvement_table({0: {"text": 10.0, "food": -4.0}, 1: {"text": 20.0, "food": 2.0},
+                             2: {"text": 30.0, "food": -1.0}})
+    s = improvement_summary(imp).set_index("category")
+    assert s.loc["text", "improvement_pct_mean"] == pytest.approx(20.0)
+    assert s.loc["text", "improvement_pct_sd"] == pytest.approx(10.0)
+    assert s.loc["food", "n_improved"] == 1 and s.loc["text", "n_improved"] == 3
+    wide = pivot_improvement_seeds(improvement_summary(imp))
+    assert wide.loc["k1", "text"] == "+20 ± 10 [+10, +30] 3/3"
+    assert format_seed_cell(1.0, 0.5, 0.4, 1.6, 2, 3) == "1.00 ± 0.50 [0.40, 1.60] 2/3"
+    assert format_seed_cell(1.0, np.nan, 1.0, 1.0, 1, 1) == "1.00 1/1"
+    summ = seed_summary(table(np.array([[1.0, 0.0, 0.5, 0.2], [3.0, 0.2, 0.5, 0.4]]),
+                              p=np.array([[0.01, 0.5, 0.01, 0.01], [0.01, 0.01, 0.2, 0.01]])))
+    cells = pivot_seeds(summ, "top10_mean")
+    # value = null (1.0) + excess; person head: mean 3.0, sd √2, range [2, 4], significant 2/2
+    assert cells.loc["k1", "person head"] == f"3.00 ± {np.sqrt(2):.2f} [2.00, 4.00] 2/2"
+    assert cells.loc["k1", "text"].endswith("1/2")
+    assert pivot_seeds(summ, "top10_mean", cells="excess").loc["k1", "drink"].startswith("0.30")
+    with pytest.raises(DataError, match="cells"):
+        pivot_seeds(summ, "top10_mean", cells="nope")
+
+
+def test_constant_excess_gives_no_anova_test():
+    t = table(np.zeros((3, 4)))
+    row = seed_anova(t).iloc[0]
+    assert np.isnan(row.F_category) and row.var_category == 0

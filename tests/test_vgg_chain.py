@@ -99,7 +99,8 @@ def test_vgg16_chain_random_weights(tmp_path, osie_root, osie_regions_root):
     params = small_params(tmp_path, osie_root, osie_regions_root, backbone=dict(VGG_BACKBONE))
     params["data"]["max_images"] = 4
     params["extract"]["batch_size"] = 4
-    params["train"].update(ks=[0, 1, 6], epochs=1, patience=1, batch_size=4)
+    params["train"].update(ks=[0, 1, 6], epochs=1, patience=1, batch_size=4, seeds=[0])
+    params["scene"]["seeds"] = [0]
 
     timings = {}
     t0 = time.perf_counter()
@@ -124,9 +125,10 @@ def test_vgg16_chain_random_weights(tmp_path, osie_root, osie_regions_root):
     assert len(heldout) == 4
     summary = json.loads((params.work / "train" / "summary.json").read_text())
     assert summary["n_stages"] == 13
-    assert summary["models"]["k0"]["tuned_stages"] == []
-    assert summary["models"]["k1"]["tuned_stages"] == ["conv5_3"]
-    assert summary["models"]["k6"]["tuned_stages"] == STUDY_LAYERS
+    runs = {(r["model"], r["seed"]): r for r in summary["runs"]}
+    assert runs["k0", 0]["tuned_stages"] == []
+    assert runs["k1", 0]["tuned_stages"] == ["conv5_3"]
+    assert runs["k6", 0]["tuned_stages"] == STUDY_LAYERS
     # activations of the study's layers: 512 units at 28×28 (conv4_x) and 14×14 (conv5_x)
     assoc = load_associations(common.assoc_store(params, "pt"), STUDY_LAYERS)
     assert list(assoc) == STUDY_LAYERS
@@ -134,7 +136,7 @@ def test_vgg16_chain_random_weights(tmp_path, osie_root, osie_regions_root):
         assert da.sizes["unit"] == 512, layer
         assert np.isfinite(da.values).any(), layer
     for k in ("k1", "k6"):  # fine-tuned trunks: their last layer cached and associated
-        fin = load_associations(common.assoc_store(params, k), ["conv5_3"])["conv5_3"]
+        fin = load_associations(common.assoc_store(params, k, 0), ["conv5_3"])["conv5_3"]
         assert fin.sizes["unit"] == 512
     # Table 2 over the study's layers, Table 3 over k ∈ {0, 1, 6}
     pt = stats[stats["model"] == "pt"]

@@ -16,17 +16,30 @@ Policies (all documented, none silent):
   border pixel centre, ``"drop"`` removes them; both warn and record the count in
   :attr:`FixationDataset.report`. Dropping does not renumber ``order`` (it keeps the position in
   the recorded scanpath), so ``order == 0`` always means the starting fixation.
-- **NaN coordinates**: always an error.
+- **NaN or ±inf coordinates**: always an error naming the images (an infinite point has no
+  pixel; it is never clipped or dropped like an ordinary out-of-bounds point).
 - **images without fixations** (a stimulus with no fixation rows, e.g. all subjects empty in the
   .mat, or a JPEG in the stimuli folder that fixations.mat does not list): ``empty="error"``
   (default) raises; ``empty="skip"`` leaves the image out, warns and counts it in ``report``.
 - **durations** are stored as float64 milliseconds; NaN is allowed (datasets without durations).
+- **stimuli folder** (:func:`load_osie`): files whose suffix is an image suffix
+  (:data:`~dissect.data.images.IMAGE_SUFFIXES`, any case: ``.jpg``, ``.JPG``, ``.jpeg``,
+  ``.png``, …) are stimuli; a file that fixations.mat does not list is an image without fixations
+  (the ``empty`` policy above: an error naming it by default). Two image files with the same
+  stem (the image id) are an error. Other files (``.txt``, ``Thumbs.db``, hidden files) are not
+  images and are ignored.
+- **fixations.mat fields**: ``fix_x``, ``fix_y``, ``fix_duration`` of each subject must be
+  numeric vectors (1×N or N×1) of one length; a matrix (e.g. a 2×N stack of x and y), a ragged
+  or non-numeric cell, or different lengths raise :class:`DataError` naming the file, the
+  image, the subject and the shapes.
+- **content manifest**: :meth:`FixationDataset.manifest` hashes each stimulus file;
+  :meth:`FixationDataset.verify_manifest` names every stimulus changed since.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,9 +48,10 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from dissect.data.images import read_rgb, read_size
+from dissect.data.images import IMAGE_SUFFIXES, read_rgb, read_size
 from dissect.errors import DataError
 from dissect.metrics.conventions import pixel_indices
+from dissect.provenance import hash_files
 
 __all__ = ["Stimulus", "FixationDataset", "load_osie", "FIXATION_COLUMNS"]
 
@@ -173,13 +187,20 @@ class FixationDataset:
             raise DataError(
                 src, f"{len(unknown)} fixated image(s) have no stimulus: {_examples(unknown)}"
             )
-        nan = table["x"].isna() | table["y"].isna()
-        if nan.any():
-            per = table.loc[nan, "image"].value_counts()
+        xy = table[["x", "y"]].to_numpy()
+        nonfinite = ~np.isfinite(xy).all(axis=1)
+        if nonfinite.any():
+            per = table.loc[nonfinite, "image"].value_counts()
+            n_nan = int(np.isnan(xy).any(axis=1).sum())
+            n_inf = int(np.isinf(xy).any(axis=1).sum())
+            kinds = " and ".join(
+                k for k, n in (("NaN", n_nan), ("infinite", n_inf)) if n
+            )
             raise DataError(
                 src,
-                f"{int(nan.sum())} fixation(s) have NaN coordinates, in image(s) "
-                + _examples(f"{i} ({n})" for i, n in per.items()),
+                f"{int(nonfinite.sum())} fixation(s) have {kinds} coordinates, in image(s) "
+                + _examples(f"{i} ({n})" for i, n in per.items())
+                + "; a non-finite point has no pixel and is never clipped or dropped",
             )
         if (table["order"] < 0).any():
             raise DataError(src, "fixation 'order' must be >= 0")
@@ -345,6 +366,59 @@ class FixationDataset:
             )
         return len(self)
 
+    def manifest(self) -> dict[str, str]:
+        """Content hash of every stimulus file, ``{image id: hash}`` in dataset order.
+
+        The hash is :func:`dissect.provenance.hash_files` of the one file (SHA-256 over its base
+        name and bytes, 16 hex digits): the value the activation store records per image
+        (:func:`dissect.cache.image_fingerprints`), so the two can be compared directly.
+        """
+        out: dict[str, str] = {}
+        for s in self:
+            try:
+                out[s.id] = hash_files([s.file])
+            except OSError as e:
+                raise DataError(s.file, f"cannot read stimulus {s.id}: {e}") from None
+        return out
+
+    def verify_manifest(self, manifest: Mapping[str, str]) -> int:
+        """Check every stimulus file against a :meth:`manifest` taken earlier.
+
+        Raises one :class:`DataError` naming every image whose file changed, is gone or is not
+        in ``manifest``; returns the number of images checked. Ids in ``manifest`` that this
+        dataset lacks are ignored, so a :meth:`subset` verifies against the full manifest.
+        """
+        changed: list[str] = []
+        gone: list[str] = []
+        unrecorded: list[str] = []
+        for s in self:
+            if s.id not in manifest:
+                unrecorded.append(s.id)
+                continue
+            try:
+                now = hash_files([s.file])
+            except OSError:
+                gone.append(f"{s.id} ({s.file})")
+                continue
+            if now != manifest[s.id]:
+                changed.append(f"{s.id} ({s.file})")
+        parts = [
+            f"{what}: {', '.join(items)}"
+            for what, items in (
+                ("changed since the manifest", changed),
+                ("unreadable or missing", gone),
+                ("not in the manifest", unrecorded),
+            )
+            if items
+        ]
+        if parts:
+            n = len(changed) + len(gone) + len(unrecorded)
+            raise DataError(
+                self.source or None,
+                f"{n} stimulus file(s) do not match the manifest; " + "; ".join(parts),
+            )
+        return len(self)
+
     def subset(self, ids: Iterable[str]) -> FixationDataset:
         """A dataset of the given images (in the given order) with their fixations."""
         ids = [str(i) for i in ids]
@@ -367,9 +441,63 @@ def _as_list(value: object) -> list:
     return [value]
 
 
-def _vector(value: object) -> np.ndarray:
-    """A numeric MATLAB vector after ``squeeze_me`` (scalar for 1 element, (0,0) for empty)."""
-    return np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
+def _shape(value: object) -> str:
+    """Shape of a loaded MATLAB value for messages ("(2, 12)", "ragged cell of 3", "str")."""
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            return f"cell/object array {value.shape}"
+        return str(value.shape)
+    return type(value).__name__
+
+
+def _vector(value: object, where: str, field: str) -> np.ndarray:
+    """A numeric MATLAB vector after ``squeeze_me`` (scalar for 1 element, (0,0) for empty).
+
+    ``where`` ("<file>", image, subject) names the struct in the :class:`DataError` raised for a
+    matrix (after squeezing), a ragged/non-numeric cell, a string or complex values.
+    """
+    if isinstance(value, np.ndarray) and value.dtype != object and value.ndim >= 2:
+        if value.size == 0:
+            return np.empty(0, dtype=np.float64)
+        hint = ""
+        if 2 in value.shape:
+            hint = (
+                " (a 2×N or N×2 matrix looks like stacked (x, y) coordinates: OSIE stores x in "
+                "fix_x and y in fix_y, each a 1×N vector)"
+            )
+        raise DataError(
+            None,
+            f"{where}: {field} has shape {value.shape}; expected a vector of N fixations "
+            f"(1×N or N×1){hint}",
+        )
+    if isinstance(value, str | bytes) or (
+        isinstance(value, np.ndarray) and value.dtype.kind in "USO"
+    ):
+        kind = (
+            "a ragged or non-numeric cell"
+            if isinstance(value, np.ndarray) and value.dtype == object
+            else "text"
+        )
+        raise DataError(
+            None, f"{where}: {field} is {kind} ({_shape(value)}); expected a numeric vector"
+        )
+    if np.iscomplexobj(value):
+        raise DataError(None, f"{where}: {field} has complex values; expected real numbers")
+    try:
+        return np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
+    except (TypeError, ValueError) as e:
+        raise DataError(
+            None, f"{where}: {field} is not a numeric vector ({_shape(value)}: {e})"
+        ) from None
+
+
+def _image_files(stim_dir: Path) -> dict[str, list[Path]]:
+    """Image files of the stimuli folder by id (stem); suffixes compared case-insensitively."""
+    out: dict[str, list[Path]] = {}
+    for p in sorted(stim_dir.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file():
+            out.setdefault(p.stem, []).append(p)
+    return out
 
 
 def _osie_to_zero_based(fix_x: np.ndarray, fix_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -391,6 +519,13 @@ def load_osie(
     numbered 0..14 in fixations.mat order; ``order`` is the 0-based position in each subject's
     scanpath (0 = the central starting fixation). Coordinates are converted to 0-based once
     (:func:`_osie_to_zero_based`). Real data: 700 images, 15 subjects, 98,321 fixations.
+
+    The stimuli folder is scanned for every image suffix in any case (``.jpg``, ``.JPG``,
+    ``.jpeg``, ``.png``, …): an image that fixations.mat does not list falls under ``empty``
+    (an error naming it by default), two files with one stem are an error, and a listed file
+    missing only by letter case is named with the file that is there. Headers with an EXIF
+    rotation are refused here already (:mod:`dissect.data.images`); malformed fix_x / fix_y /
+    fix_duration fields raise a :class:`DataError` naming the image and subject.
     """
     root = Path(root)
     mat_path = root / fixations_file
@@ -406,6 +541,14 @@ def load_osie(
     if "fixations" not in mat:
         raise DataError(mat_path, "has no variable 'fixations'")
 
+    on_disk = _image_files(stim_dir)
+    twins = {i: ps for i, ps in on_disk.items() if len(ps) > 1}
+    if twins:
+        raise DataError(
+            stim_dir,
+            f"{len(twins)} image id(s) have several files, so the id is ambiguous: "
+            + _examples(f"{i} ({', '.join(p.name for p in ps)})" for i, ps in twins.items()),
+        )
     stimuli: list[Stimulus] = []
     cols: dict[str, list[np.ndarray]] = {k: [] for k in FIXATION_COLUMNS}
     seen: set[str] = set()
@@ -421,16 +564,28 @@ def load_osie(
             raise DataError(mat_path, f"image {img_name} is listed twice")
         seen.add(image_id)
         if not file.is_file():
-            raise DataError(file, f"image listed in {mat_path} (fixations({i + 1})) does not exist")
+            near = [p.name for p in on_disk.get(image_id, []) if p.name.lower() == img_name.lower()]
+            hint = f" (the folder has {near[0]}: file names are case-sensitive)" if near else ""
+            raise DataError(
+                file, f"image listed in {mat_path} (fixations({i + 1})) does not exist{hint}"
+            )
         h, w = read_size(file)
         stimuli.append(Stimulus(image_id, file, h, w))
         for j, sub in enumerate(subjects):
+            where = f"image {img_name} (fixations({i + 1})), subject {j + 1}"
             try:
-                fx, fy, fd = _vector(sub.fix_x), _vector(sub.fix_y), _vector(sub.fix_duration)
+                raw = (sub.fix_x, sub.fix_y, sub.fix_duration)
             except AttributeError:
                 raise DataError(
                     mat_path, f"fixations({i + 1}).subjects({j + 1}) lacks fix_x/fix_y/fix_duration"
                 ) from None
+            try:
+                fx, fy, fd = (
+                    _vector(v, where, f)
+                    for v, f in zip(raw, ("fix_x", "fix_y", "fix_duration"), strict=True)
+                )
+            except DataError as e:
+                raise DataError(mat_path, e.problem) from None
             if not (fx.size == fy.size == fd.size):
                 raise DataError(
                     mat_path,
@@ -446,8 +601,10 @@ def load_osie(
             cols["y"].append(y)
             cols["duration"].append(fd)
 
-    # JPEGs that fixations.mat does not list are images without fixations
-    extra = sorted(p for p in stim_dir.glob("*.jpg") if p.stem not in seen)
+    # image files that fixations.mat does not list are images without fixations (the `empty`
+    # policy: an error naming them by default); a listed id with a second file of another name
+    # was refused above
+    extra = sorted(ps[0] for i, ps in on_disk.items() if i not in seen)
     for p in extra:
         h, w = read_size(p)
         stimuli.append(Stimulus(p.stem, p, h, w))

@@ -13,11 +13,13 @@ matrices (:func:`upsample_matrix`). Hence, with ``N = H·W``:
 * value at pixel (y, x): ``Uy[y, :] · A · Ux[x, :]ᵀ``
 * mean under a mask ``M``: ``Σ_{(y,x)∈M} up[y, x] = Σ (Uyᵀ M Ux) ⊙ A``.
 
-Everything is float64 (the torch variant keeps the input dtype). Each row of ``Uy``/``Ux`` sums
-to 1, so ``up(A − c) = up(A) − c``: every map is first centred on its own mean, which keeps
-``E[up²] − μ²`` free of catastrophic cancellation. A map whose upsampled std is ≤ ``1e-10 ×
-max|A|`` (or ≤ ``1e-7 ×`` the centred map's max, which catches maps that downsampling makes
-constant) is *constant*: its NSS/NMM is NaN, never 0 or inf.
+Everything is float64 (the torch variant computes in the maps' dtype, float32 at least). Each
+map is first divided by the power of two that brings its max|A| into [0.5, 1) (exact, so the
+z-scores are bit for bit unchanged, while maps of any finite magnitude neither overflow nor
+underflow). Each row of ``Uy``/``Ux`` sums to 1, so ``up(A − c) = up(A) − c``: every map is then
+centred on its own mean, which keeps ``E[up²] − μ²`` free of catastrophic cancellation. A map
+whose upsampled std is ≤ ``1e-10 × max|A|`` (or ≤ ``1e-7 ×`` the centred map's max, which
+catches maps that downsampling makes constant) is *constant*: its NSS/NMM is NaN, never 0 or inf.
 
 Fixation pixels follow :mod:`dissect.metrics.saliency`: ``(rint(y), rint(x))`` of the (x, y)
 points, numpy ``rint`` (half to even), every point counting (duplicates twice).
@@ -36,7 +38,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dissect.errors import DataError
-from dissect.metrics.conventions import CENTRED_RTOL, CONSTANT_RTOL, pixel_indices_torch
+from dissect.metrics.conventions import (
+    CENTRED_RTOL,
+    CONSTANT_RTOL,
+    pixel_indices_torch,
+    pow2_exponent,
+)
 from dissect.metrics.saliency import point_pixels
 
 if TYPE_CHECKING:
@@ -195,11 +202,23 @@ def _integer_ids(x: ArrayLike, name: str) -> NDArray[np.int64]:
 # --------------------------------------------------------------------------------------------
 def _centred_moments(
     a: NDArray[np.float64], image_size: tuple[int, int]
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Centred maps ``a − c``, offsets ``c`` and the mean/std of the upsampled centred maps
-    (std NaN for constant maps)."""
+) -> tuple[
+    NDArray[np.float64],
+    NDArray[np.float64],
+    NDArray[np.float64],
+    NDArray[np.float64],
+    NDArray[np.int64],
+]:
+    """Centred maps ``a' − c``, offsets ``c``, the mean/std of the upsampled centred maps (std
+    NaN for constant maps) and the exponents ``k``, all of the maps ``a' = a · 2**-k`` with each
+    unit's max|a'| in [0.5, 1) (exact: z-scores are those of ``a`` bit for bit, and no sum of
+    squares overflows or underflows whatever the magnitude of ``a``; multiply a mean or std by
+    ``2**k`` to return to the scale of ``a``)."""
     hh, ww = image_size
     u, h, w = a.shape
+    amax = np.abs(a).max(axis=(1, 2))
+    k = pow2_exponent(amax)
+    a = np.ldexp(a, -k[:, None, None])
     c = a.mean(axis=(1, 2))
     ac = a - c[:, None, None]
     sy, gy = _axis_terms(hh, h)
@@ -213,11 +232,11 @@ def _centred_moments(
     e2 = np.einsum("iuj,uij->u", gya, agx) / n
     var = np.maximum(e2 - mu * mu, 0.0)
     sd = np.sqrt(var)
-    scale = np.abs(a).max(axis=(1, 2))
+    scale = np.ldexp(amax, -k)  # max|a'|, exactly
     cscale = np.abs(ac).max(axis=(1, 2))
     const = (sd <= CONSTANT_RTOL * scale) | (sd <= CENTRED_RTOL * cscale)
     sd = np.where(const, np.nan, sd)
-    return ac, c, mu, sd
+    return ac, c, mu, sd, k
 
 
 def upsampled_moments(
@@ -227,8 +246,8 @@ def upsampled_moments(
     without upsampling). Returns ``(mean (units,), std (units,))``; std is NaN for a constant map.
     """
     a = _activations(activations)
-    ac, c, mu, sd = _centred_moments(a, _image_size(image_size))
-    return mu + c, sd
+    ac, c, mu, sd, k = _centred_moments(a, _image_size(image_size))
+    return np.ldexp(mu + c, k), np.ldexp(sd, k)
 
 
 def _values_at(
@@ -308,7 +327,7 @@ def region_nss(
     sel = col_of >= 0
     if not sel.any():
         return out
-    ac, _, mu, sd = _centred_moments(a, size)
+    ac, _, mu, sd, _ = _centred_moments(a, size)
     vals = _values_at(ac, size, rows[sel], cols[sel])  # (u, n)
     z = (vals - mu[:, None]) / sd[:, None]
     # mean of z over the fixations of each region: sum over runs of fixations sorted by column
@@ -350,7 +369,7 @@ def unit_nmm(activations: Any, image_size: Sequence[int], mask: ArrayLike) -> ND
     ux = _upsample_matrix(size[1], w)
     with _single_threaded_blas():
         wm = uy.T @ (m.astype(np.float64) @ ux)  # (h, w)
-    ac, _, mu, sd = _centred_moments(a, size)
+    ac, _, mu, sd, _ = _centred_moments(a, size)
     inside = np.einsum("uij,ij->u", ac, wm) / float(m.sum())
     return (inside - mu) / sd
 
@@ -364,10 +383,17 @@ def nss_at_points_torch(
     """Differentiable NSS of each map in ``maps`` (B, h, w), bilinearly upsampled to
     ``image_size`` (as ``interpolate(..., mode="bilinear", align_corners=False)``), at
     ``points`` (N, 2) ``(x, y)`` (long, or float rounded half-to-even like numpy ``rint``; each
-    point counts). Same exact math as :func:`region_nss`, in the maps' dtype and device,
-    autograd-friendly (for training readouts). Returns ``(B,)``; NaN for a constant map (with a
-    zero, not NaN, gradient into the other maps). Constant means std ≤ ``max(1e-10,
-    10·eps(dtype)) × max|A|``.
+    point counts). Same exact math as :func:`region_nss`, on the maps' device, autograd-friendly
+    (for training readouts). Returns ``(B,)`` in the maps' dtype; NaN for a constant map (with a
+    zero, not NaN, gradient into the other maps).
+
+    The statistics are computed in the maps' dtype when it is float32 or float64 and in float32
+    for narrower dtypes (float16, bfloat16: their sums over an image overflow or lose every
+    digit), on each map divided by the power of two that brings its max|A| into [0.5, 1) (exact:
+    float32/float64 results and gradients are bit for bit those without it, and maps of any
+    finite magnitude neither overflow nor underflow). Constant means std ≤ ``max(1e-10,
+    10·eps) × max|A|``, eps of the computing dtype. NaN/inf map values or points →
+    :class:`~dissect.errors.DataError`.
     """
     import torch
 
@@ -379,27 +405,35 @@ def nss_at_points_torch(
     pts = torch.as_tensor(points)
     if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] == 0:
         raise DataError("points", f"must be a non-empty (N, 2) tensor, got {tuple(pts.shape)}")
-    if pts.is_floating_point() and not bool(torch.isfinite(pts).all()):
-        raise DataError("points", "contains NaN/inf values")
-    pts = pixel_indices_torch(pts).cpu()
+    pts = pixel_indices_torch(pts, "points").cpu()  # refuses NaN/inf points
     xs, ys = pts[:, 0], pts[:, 1]
     bad = (xs < 0) | (xs > ww - 1) | (ys < 0) | (ys > hh - 1)
     if bool(bad.any()):
         raise DataError("points", f"{int(bad.sum())} point(s) outside the {hh}x{ww} image")
     _, h, w = maps.shape
-    opts = {"dtype": maps.dtype, "device": maps.device}
+    work = torch.promote_types(maps.dtype, torch.float32)  # float16/bfloat16 → float32
+    x = maps.to(work)
+    with torch.no_grad():
+        amax = x.abs().amax(dim=(1, 2))
+        # 2**-k as an exact power of two of the computing dtype (k clamped to its normal range)
+        k = pow2_exponent(amax.double().cpu().numpy())
+        lim = int(np.log2(torch.finfo(work).max)) - 1
+        factor = torch.tensor(np.ldexp(1.0, -np.clip(k, -lim, lim)), dtype=work)
+        factor = factor.to(maps.device)
+    x = x * factor[:, None, None]
+    opts = {"dtype": work, "device": maps.device}
     uy = torch.tensor(_upsample_matrix(hh, h), **opts)  # copies: the cached arrays are read-only
     ux = torch.tensor(_upsample_matrix(ww, w), **opts)
     sy, gy = (torch.tensor(t, **opts) for t in _axis_terms(hh, h))
     sx, gx = (torch.tensor(t, **opts) for t in _axis_terms(ww, w))
     n = float(hh) * float(ww)
-    ac = maps - maps.mean(dim=(1, 2), keepdim=True)
+    ac = x - x.mean(dim=(1, 2), keepdim=True)
     mu = torch.einsum("i,bij,j->b", sy, ac, sx) / n
     e2 = (ac * (gy @ ac @ gx)).sum(dim=(1, 2)) / n
     var = e2 - mu * mu
     with torch.no_grad():
-        rtol = max(CONSTANT_RTOL, 10.0 * torch.finfo(maps.dtype).eps)
-        scale = maps.abs().amax(dim=(1, 2))
+        rtol = max(CONSTANT_RTOL, 10.0 * torch.finfo(work).eps)
+        scale = x.abs().amax(dim=(1, 2))
         cscale = ac.abs().amax(dim=(1, 2))
         const = (var <= (rtol * scale) ** 2) | (var <= (CENTRED_RTOL * cscale) ** 2)
     sd = torch.sqrt(torch.where(const, torch.ones_like(var), var))
@@ -407,4 +441,4 @@ def nss_at_points_torch(
     rx = ux[xs.to(maps.device)]
     vals = torch.einsum("ni,bij,nj->bn", ry, ac, rx)
     out = (vals.mean(dim=1) - mu) / sd
-    return torch.where(const, torch.full_like(out, float("nan")), out)
+    return torch.where(const, torch.full_like(out, float("nan")), out).to(maps.dtype)

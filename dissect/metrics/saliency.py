@@ -17,6 +17,9 @@ Conventions shared by every function here
   ``ddof=1``, which scales NSS by ``sqrt((n-1)/n)``, negligible for images). A map is *constant*
   when its std is ≤ ``1e-10 × max|map|`` (i.e. zero up to float rounding); metrics that divide by
   the std return NaN for it, never 0 or inf.
+* Scale: each map is first divided by the power of two that brings max|map| into [0.5, 1)
+  (exact, so results are bit for bit unchanged; a map scaled by 1e200 or 1e-200 then scores as
+  the unscaled map instead of overflowing or underflowing).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dissect.errors import DataError
-from dissect.metrics.conventions import CONSTANT_RTOL, EPS, pixel_indices
+from dissect.metrics.conventions import CONSTANT_RTOL, EPS, pixel_indices, pow2_exponent
 
 __all__ = [
     "EPS",
@@ -147,8 +150,17 @@ def _fixated_values(
     return smap.ravel()[flat], flat
 
 
+def _unit_scaled(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``a`` divided by the power of two that brings max|a| into [0.5, 1) (exact; see
+    :func:`dissect.metrics.conventions.pow2_exponent`): sums of values and of squares of a map of
+    any finite magnitude then neither overflow nor underflow, and scale-invariant results are
+    bit for bit those of the unscaled computation wherever that one does not overflow."""
+    return np.ldexp(a, -pow2_exponent(np.max(np.abs(a))))
+
+
 def _standardise(a: NDArray[np.float64]) -> NDArray[np.float64] | None:
     """``(a - mean) / std`` with the population std, or ``None`` for a constant map."""
+    a = _unit_scaled(a)
     mu = a.mean()
     sd = a.std()
     scale = float(np.max(np.abs(a)))
@@ -160,6 +172,7 @@ def _standardise(a: NDArray[np.float64]) -> NDArray[np.float64] | None:
 def _to_distribution(a: NDArray[np.float64], name: str) -> NDArray[np.float64]:
     if np.any(a < 0):
         raise DataError(name, f"is not a density: {int((a < 0).sum())} negative value(s)")
+    a = _unit_scaled(a)
     total = a.sum()
     if not total > 0:
         raise DataError(name, "is not a density: it sums to 0")
@@ -258,6 +271,7 @@ def _as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
 
 def _unit_range(s: NDArray[np.float64]) -> NDArray[np.float64]:
     """Map rescaled to [0, 1] as in the benchmark; a constant map becomes all zeros."""
+    s = _unit_scaled(s)
     lo, hi = s.min(), s.max()
     if hi > lo:
         return (s - lo) / (hi - lo)
@@ -398,7 +412,7 @@ def sim(a: ArrayLike, b: ArrayLike) -> float:
     y = _as_map(b, "b")
     _same_shape(x, y, "a", "b")
     out = []
-    for m in (x, y):
+    for m in (_unit_scaled(x), _unit_scaled(y)):
         lo, hi = m.min(), m.max()
         if not hi > lo:
             return float("nan")

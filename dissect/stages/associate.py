@@ -1,5 +1,6 @@
 """Stage ``associate``: unit × region NSS (He et al. Eq. 1) for every cached model, stored as
-Zarr (``work/assoc/<model>.zarr``) plus a tidy CSV of each unit's per-category mean."""
+Zarr (``work/assoc/pt.zarr``, ``work/assoc/s<seed>/<model>.zarr``) plus a tidy CSV of each
+unit's per-category mean."""
 
 from __future__ import annotations
 
@@ -29,23 +30,27 @@ def unit_means_table(assoc: dict) -> pd.DataFrame:
 
 
 def run_associate(params: Params) -> None:
+    """Associations of the pretrained trunk (also setup I's units) and of every fine-tuned trunk
+    of every training seed (``assoc/s<seed>/k<k>.zarr``)."""
     from dissect.association import associate, save_associations
 
     d = params["data"]
     with stage_record(params.work, "associate", {"data.drop_first": d["drop_first"]}) as rec:
         dataset, regions = common.inputs(params)
         ids = common.ids_of(params, "heldout")
-        models = sorted({common.trunk_model(m) for m in common.model_names(params)},
-                        key=common.model_names(params).index)
+        runs = [("pt", None)] + [(m, seed) for seed in common.seeds(params)
+                                 for m in common.model_names(params) if common.seeded(m)]
         with common.scheduler(params) as client:
-            for model in models:
-                store = common.act_store(params, model)
-                log.info("associations of %s", model)
+            for model, seed in runs:
+                store = common.act_store(params, model, seed)
+                log.info("associations of %s%s", model, "" if seed is None else f", seed {seed}")
                 assoc = associate(store, dataset, regions, image_ids=ids,
                                   drop_first=bool(d["drop_first"]),
                                   chunk_images=int(params["dask"]["chunk_images"]),
                                   scheduler=client)
-                save_associations(assoc, common.work(params, "assoc", f"{model}.zarr"))
-                unit_means_table(assoc).to_csv(
-                    common.work(params, "assoc", f"{model}_unit_means.csv"), index=False)
-                rec[model] = {layer: list(da.shape) for layer, da in assoc.items()}
+                out = common.assoc_store(params, model, seed)
+                save_associations(assoc, out)
+                unit_means_table(assoc).to_csv(out.with_name(f"{out.stem}_unit_means.csv"),
+                                               index=False)
+                rec[str(out.relative_to(params.work))] = {
+                    layer: list(da.shape) for layer, da in assoc.items()}

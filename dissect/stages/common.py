@@ -74,11 +74,17 @@ def backbone(params: Params):
 
     b = params["backbone"]
     try:
-        return load_backbone(b["name"], weights=b["weights"],
-                             checkpoint=params.path(b.get("checkpoint")))
+        bb = load_backbone(b["name"], weights=b["weights"],
+                           checkpoint=params.path(b.get("checkpoint")))
     except WeightsError as exc:
         raise WeightsError(f"{exc}\nIn the pipeline, set `backbone.checkpoint` in "
                            f"{params.base / params.file} to the file's path.") from exc
+    unknown = [name for name in b["layers"] if name not in bb.layers]
+    if unknown:
+        raise DataError(params.base / params.file,
+                        f"backbone.layers: {b['name']} has no layer(s) {unknown}; its layers: "
+                        f"{list(bb.layers)}")
+    return bb
 
 
 def work(params: Params, *parts: str) -> Path:
@@ -188,18 +194,80 @@ def read_json(params: Params, *parts: str) -> dict:
     return json.loads(path.read_text())
 
 
-def act_store(params: Params, model: str) -> Path:
-    """Activation cache of a model's trunk: pretrained in ``act/pt.zarr``, fine-tuned ones in
-    ``act/finetuned/<model>.zarr``."""
+def _seed_list(params: Params, section: str) -> list[int]:
+    """``<section>.seeds`` checked: a non-empty list of distinct non-negative integers."""
+    where = params.base / params.file
+    raw = params[section].get("seeds")
+    if not isinstance(raw, list | tuple) or not raw:
+        raise DataError(where, f"{section}.seeds must be a non-empty list of integers, "
+                               f"got {raw!r}")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in raw):
+        raise DataError(where, f"{section}.seeds must hold non-negative integers, got {raw!r}")
+    if len(set(raw)) != len(raw):
+        raise DataError(where, f"{section}.seeds lists a seed twice: {raw!r}")
+    return [int(s) for s in raw]
+
+
+def seeds(params: Params) -> list[int]:
+    """Training seeds (``train.seeds``): every readout is trained once per seed."""
+    return _seed_list(params, "train")
+
+
+def scene_seeds(params: Params) -> list[int]:
+    """Scene-model seeds (``scene.seeds``), paired by position with ``train.seeds``: the i-th
+    scene model (sr) is compared with the readouts of the i-th training seed (sp)."""
+    sc, tr = _seed_list(params, "scene"), seeds(params)
+    if len(sc) != len(tr):
+        raise DataError(params.base / params.file,
+                        f"scene.seeds {sc} and train.seeds {tr} must have the same length: "
+                        "Table 7 pairs the i-th scene model with the i-th training seed")
+    return sc
+
+
+def seed_label(seed: int) -> str:
+    """Folder and column label of a training seed: ``s0``, ``s1``, …"""
+    return f"s{int(seed)}"
+
+
+def seeded(model: str) -> bool:
+    """Whether a model's units depend on the training seed (a fine-tuned trunk: k ≥ 1)."""
+    return trunk_model(model) != "pt"
+
+
+def readout_path(params: Params, model: str, seed: int) -> Path:
+    """Checkpoint of the readout ``model`` ('k0' … 'kall') trained with ``seed``:
+    ``readouts/s<seed>/<model>/model.pt``."""
+    return work(params, "readouts", seed_label(seed), model, "model.pt")
+
+
+def _seed_part(model: str, seed: int | None) -> list[str]:
+    if not seeded(model):
+        return []
+    if seed is None:
+        raise ValueError(f"the units of {model} depend on the training seed: pass seed=")
+    return [seed_label(seed)]
+
+
+def act_store(params: Params, model: str, seed: int | None = None) -> Path:
+    """Activation cache of a model's trunk: pretrained in ``act/pt.zarr`` (setup I shares it,
+    for every seed), fine-tuned ones in ``act/finetuned/s<seed>/<model>.zarr``."""
     model = trunk_model(model)
     if model == "pt":
         return work(params, "act", "pt.zarr")
-    return work(params, "act", "finetuned", f"{model}.zarr")
+    return work(params, "act", "finetuned", *_seed_part(model, seed), f"{model}.zarr")
 
 
-def assoc_store(params: Params, model: str) -> Path:
-    """Association store of a model's trunk (setup I shares the pretrained one)."""
-    return work(params, "assoc", f"{trunk_model(model)}.zarr")
+def assoc_store(params: Params, model: str, seed: int | None = None) -> Path:
+    """Association store of a model's trunk: ``assoc/pt.zarr`` (pretrained, also setup I) or
+    ``assoc/s<seed>/<model>.zarr``."""
+    return work(params, "assoc", *_seed_part(model, seed), f"{trunk_model(model)}.zarr")
+
+
+def scene_dir(params: Params, seed: int) -> Path:
+    """Scene-stage outputs of one scene seed: ``scene/s<seed>/`` (model, sr associations)."""
+    path = work(params, "scene", seed_label(seed), "x").parent
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 if __name__ == "__main__":  # `python -m dissect.stages.common --check-osie [PARAMS]` (make repro)

@@ -3,7 +3,7 @@ Zarr (:mod:`dissect.cache`), one Dask task per image batch.
 
 ``extract`` caches every analysed layer of the pretrained trunk ('pt'); ``extract-finetuned``
 caches the last trunk layer of every readout whose trunk was fine-tuned (k ≥ 1; setup I, k = 0,
-keeps the pretrained trunk and reuses 'pt').
+keeps the pretrained trunk and reuses 'pt'), once per training seed.
 """
 
 from __future__ import annotations
@@ -62,23 +62,50 @@ def run_extract(params: Params) -> Path:
 
 
 def run_extract_finetuned(params: Params) -> list[Path]:
+    """Cache the last trunk layer of every fine-tuned readout (k ≥ 1) of every training seed in
+    ``act/finetuned/s<seed>/k<k>.zarr``."""
     from dissect.readout import load_readout
     from dissect.task_compare import finetuned_trunk
 
     last = params["backbone"]["layers"][-1]
     out = []
-    recorded = {"train.ks": params["train"]["ks"], "extract": params["extract"]}
+    recorded = {"train.ks": params["train"]["ks"], "train.seeds": common.seeds(params),
+                "extract": params["extract"]}
     with stage_record(params.work, "extract-finetuned", recorded) as rec:
         dataset, _ = common.inputs(params)
         ids = common.ids_of(params, "heldout")
         base = common.backbone(params)
-        for model in common.model_names(params)[1:]:
-            if common.trunk_model(model) == "pt":
-                continue
-            readout, _ = load_readout(common.work(params, "readouts", model, "model.pt"), base)
-            store = common.act_store(params, model)
-            extract_store(params, dataset.subset(ids), finetuned_trunk(readout, model), [last],
-                          store)
-            out.append(store)
+        for seed in common.seeds(params):
+            for model in common.model_names(params)[1:]:
+                if not common.seeded(model):
+                    continue
+                readout, _ = load_readout(common.readout_path(params, model, seed), base)
+                store = common.act_store(params, model, seed)
+                extract_store(params, dataset.subset(ids), finetuned_trunk(readout, model),
+                              [last], store)
+                out.append(store)
         rec["stores"] = [str(p.relative_to(params.work)) for p in out]
+        rec["removed"] = prune_stores(common.work(params, "act", "finetuned"), out)
     return out
+
+
+def prune_stores(root: Path, keep: list[Path]) -> list[str]:
+    """Remove the activation stores under ``root`` that this run did not write (other seeds,
+    other k, the layout before seeds): the folder is a persistent output, and a store of an
+    earlier configuration must not sit beside the current ones. Returns what was removed."""
+    import shutil
+
+    keep_set = {Path(k).resolve() for k in keep}
+    removed = []
+    for store in sorted(root.rglob("*.zarr")) if root.is_dir() else []:
+        if store.resolve() in keep_set or any(k in store.resolve().parents for k in keep_set):
+            continue
+        if not store.exists():  # inside a store removed above
+            continue
+        log.warning("removing %s: not an output of this configuration", store)
+        shutil.rmtree(store)
+        lock = store.with_name(store.name + ".lock")
+        if lock.exists():
+            lock.unlink()
+        removed.append(str(store.relative_to(root)))
+    return removed

@@ -47,15 +47,17 @@ def _table(params: Params, *parts: str) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
-def best_region_rows(params: Params, model: str, layer: str, n_units: int = 3) -> list[dict]:
+def best_region_rows(params: Params, model: str, layer: str, n_units: int = 3,
+                     seed: int | None = None) -> list[dict]:
     """Figs. 3/5/6: for each category of ``figures.overlay_categories``, the held-out region with
-    the most fixations and the ``n_units`` units with the highest region NSS on it."""
+    the most fixations and the ``n_units`` units with the highest region NSS on it (``seed``:
+    the training seed of a fine-tuned model)."""
     from dissect.association import load_associations, region_fixations
     from dissect.cache import open_activations
 
     dataset, regions = common.inputs(params)
-    assoc = load_associations(common.assoc_store(params, model), [layer])[layer]
-    store = common.act_store(params, model)
+    assoc = load_associations(common.assoc_store(params, model, seed), [layer])[layer]
+    store = common.act_store(params, model, seed)
     rows = []
     drop_first = bool(params["data"]["drop_first"])
     for cat in params["figures"]["overlay_categories"]:
@@ -84,13 +86,28 @@ def best_region_rows(params: Params, model: str, layer: str, n_units: int = 3) -
     return rows
 
 
+def seed_mean_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """Table 3 heatmap rows from ``table3_seed_summary.csv``: value = mean over seeds, null
+    mean = that mean − the mean excess, ``p_value`` 0 when every seed is significant (the
+    heatmap's star) else 1; ``k`` the display label ("0" … "6", "all")."""
+    every = summary["n_significant"] == summary["n_seeds"]
+    return pd.DataFrame({
+        "model": summary["model"], "k": summary["model"].map(k_label),
+        "layer": summary["layer"], "category": summary["category"], "stat": summary["stat"],
+        "value": summary["value_mean"],
+        "null_mean": summary["value_mean"] - summary["excess_mean"],
+        "p_value": np.where(every, 0.0, 1.0),
+    })
+
+
 def run_figures(params: Params) -> None:
     k_top = int(params["stats"]["top_k"])
     recorded = {"stats": {"top_k": k_top}, "figures": params["figures"],
                 "train": {"ks": list(params["train"]["ks"])},
                 "backbone": {"layers": list(params["backbone"]["layers"])},
                 "data": {"drop_first": bool(params["data"]["drop_first"])}, "gt": params["gt"],
-                "popout": {"models": list(params["popout"]["models"])}}
+                "popout": {"models": list(params["popout"]["models"])},
+                "seeds": {"train": common.seeds(params), "scene": common.scene_seeds(params)}}
     with (stage_record(params.work, "figures", recorded) as rec,
           common.replacing(common.results(params, "figures", "paper")) as out_dir):
         written = paper_figures(params, out_dir, rec["params"])
@@ -115,6 +132,7 @@ def paper_figures(params: Params, out_dir: Path, recorded: dict | None = None) -
     k_top = int(params["stats"]["top_k"])
     top, tk = f"top{k_top}_mean", f"top{k_top}"
     layers = list(params["backbone"]["layers"])
+    first = common.seeds(params)[0]  # figures of one fine-tuned model show the first seed
     written: list[str] = []
 
     def save(fig, name):
@@ -131,45 +149,59 @@ def paper_figures(params: Params, out_dir: Path, recorded: dict | None = None) -
              f"table2_{tk}_excess.png")
         save(heatmap_layers(pt, "count_above_T", title="Pretrained trunk: units with NSS > T"),
              "table2_count.png")
-        by_k = stats[(stats["model"] != "pt") & (stats["layer"] == layers[-1])]
-        # one name for every readout: k = 0 … 6, "all" (never the all-stages model's count)
-        k_of = dict(zip(by_k["k"], by_k["model"].map(k_label), strict=False))
-        by_k = by_k.assign(k=by_k["model"].map(k_label))
-        save(heatmap_k(by_k, top, title=f"{layers[-1]}: top-{k_top} mean NSS vs k fine-tuned"),
-             f"table3_{tk}.png")
-        save(heatmap_k(by_k, top, excess=True,
-                       title=f"{layers[-1]}: top-{k_top} mean − null vs k fine-tuned"),
-             f"table3_{tk}_excess.png")
-        imp = _table(params, "statistics", "fig4_improvement.csv")
+        summary = _table(params, "statistics", "table3_seed_summary.csv")
+        if not summary.empty:
+            by_k = seed_mean_rows(summary)
+            n = int(summary["n_seeds"].max())
+            over = f"mean of {n} seeds, * = p < 0.05 in every seed" if n > 1 else "one seed"
+            save(heatmap_k(by_k, top, title=f"{layers[-1]}: top-{k_top} mean NSS vs k "
+                                            f"fine-tuned ({over})"),
+                 f"table3_{tk}.png")
+            save(heatmap_k(by_k, top, excess=True,
+                           title=f"{layers[-1]}: top-{k_top} mean − null vs k fine-tuned "
+                                 f"({over})"),
+                 f"table3_{tk}_excess.png")
+        imp = _table(params, "statistics", "fig4_improvement_summary.csv")
         if not imp.empty:
-            imp = imp.assign(k=imp["model"].map(k_label) if "model" in imp
-                             else imp["k"].map(lambda v: k_of.get(v, v)))
-            save(improvement_bars(imp, top_k=k_top), "fig4_improvement.png")
-            save(improvement_bars(imp, value="excess_improvement_pct", top_k=k_top,
-                                  ylabel=f"% improvement of (top-{k_top} mean − null)"),
+            imp = imp.assign(k=imp["model"].map(k_label))
+            n = int(imp["n_seeds"].max())
+            spread = f"bars: mean of {n} seeds, whiskers: min–max" if n > 1 else "one seed"
+            save(improvement_bars(imp, value="improvement_pct_mean", top_k=k_top,
+                                  low="improvement_pct_min", high="improvement_pct_max",
+                                  ylabel=f"% improvement of top-{k_top} mean over k0",
+                                  title=spread),
+                 "fig4_improvement.png")
+            save(improvement_bars(imp, value="excess_improvement_pct_mean", top_k=k_top,
+                                  low="excess_improvement_pct_min",
+                                  high="excess_improvement_pct_max",
+                                  ylabel=f"% improvement of (top-{k_top} mean − null)",
+                                  title=spread),
                  "fig4_improvement_excess.png")
         save(unit_overlay_grid(best_region_rows(params, "pt", layers[-1]),
                                title=f"Best {layers[-1]} units of the pretrained trunk"),
              "fig3_units_pretrained.png")
-        tuned = [m for m in common.model_names(params) if common.trunk_model(m) != "pt"]
+        tuned = [m for m in common.model_names(params) if common.seeded(m)]
         m = deepest_numeric(tuned)
         if m is not None:
-            save(unit_overlay_grid(best_region_rows(params, m, layers[-1]),
+            save(unit_overlay_grid(best_region_rows(params, m, layers[-1], seed=first),
                                    title=f"Best {layers[-1]} units after fine-tuning "
-                                         f"({common.model_label(m)})"),
+                                         f"({common.model_label(m)}, seed {first})"),
                  "fig5_units_finetuned.png")
     io = _table(params, "inner_output", "inner_output.csv")
     sp = _table(params, "inner_output", "inner_output_spearman.csv")
+    if not io.empty:  # the scatter of the first training seed (every seed: the tables)
+        io, sp = io[io["seed"] == first], sp[sp["seed"] == first]
     for model in io["model"].unique() if not io.empty else []:
         r = sp[sp["model"] == model].iloc[0]
         label = common.model_label(model)
         save(inner_vs_output(io[io["model"] == model], r["r_s"], r["p_value"], top_k=k_top,
-                             title=f"Inner vs output saliency ({label})"),
+                             title=f"Inner vs output saliency ({label}, seed {first})"),
              f"inner_vs_output_{label}.png")
         if "inner_excess" in io and "r_s_excess" in r:  # the null-corrected inner saliency
             save(inner_vs_output(io[io["model"] == model], r["r_s_excess"], r["p_value_excess"],
                                  x="inner_excess", top_k=k_top,
-                                 title=f"Inner (− null) vs output saliency ({label})"),
+                                 title=f"Inner (− null) vs output saliency ({label}, seed "
+                                       f"{first})"),
                  f"inner_vs_output_excess_{label}.png")
     pop = _table(params, "popout_readouts", "popout_nmm.csv")
     if pop.empty:
@@ -191,7 +223,8 @@ def paper_figures(params: Params, out_dir: Path, recorded: dict | None = None) -
             curves = curves.assign(model=curves["model"].map(common.model_label))
         save(training_curves(curves, title="Saliency readouts: training loss (−NSS) and "
                                            "validation NSS"), "training_curves.png")
-    if common.work(params, "scene", "model.pt").is_file():
+    scene_seed = common.scene_seeds(params)[0]
+    if (common.scene_dir(params, scene_seed) / "model.pt").is_file():
         sp_name = common.sp_model(params)
         if recorded is not None:
             recorded["sp_model"] = sp_name
@@ -227,7 +260,8 @@ def _popout_examples(params: Params):
 
 
 def _readout(params: Params, name: str):
-    path = common.work(params, "readouts", name, "model.pt")
+    """The readout ``name`` of the first training seed (None when not trained)."""
+    path = common.readout_path(params, name, common.seeds(params)[0])
     if not path.is_file():
         return None
     from dissect.readout import load_readout
@@ -281,19 +315,20 @@ def _task_maps(params: Params, sp_name: str):
     dataset, _ = common.inputs(params)
     layer = params["backbone"]["layers"][-1]
     base = common.backbone(params)
-    trunks = {"pt": base, "sr": load_scene_model(common.work(params, "scene", "model.pt"),
-                                                 base).trunk_backbone()}
+    seed, scene_seed = common.seeds(params)[0], common.scene_seeds(params)[0]
+    scene_path = common.scene_dir(params, scene_seed) / "model.pt"
+    trunks = {"pt": base, "sr": load_scene_model(scene_path, base).trunk_backbone()}
     sp = _readout(params, sp_name)
     if sp is not None:
         trunks["sp"] = finetuned_trunk(sp, "sp")
     # the unit and region: the sp trunk's best unit for the category on its best region
     category = str(params["figures"]["task_map_category"])
-    assoc = load_associations(common.assoc_store(params, sp_name), [layer])[layer]
+    assoc = load_associations(common.assoc_store(params, sp_name, seed), [layer])[layer]
     cols = np.flatnonzero(assoc["category"].values == category)
     if cols.size == 0:
         from dissect.errors import DataError
 
-        raise DataError(common.assoc_store(params, sp_name),
+        raise DataError(common.assoc_store(params, sp_name, seed),
                         f"no held-out region of figures.task_map_category {category!r}")
     v = assoc.values[:, cols].astype(float)
     n = np.isfinite(v).sum(axis=1)
@@ -311,4 +346,5 @@ def _task_maps(params: Params, sp_name: str):
             maps[name] = cap.attribute(bb.preprocess(image))[layer][0, unit].numpy()
     return task_maps(image, density, maps, fixations=points,
                      title=f"{layer} unit {unit} in the pt / sr / sp trunks ({category}, "
-                           f"{image_id}; sp = {common.model_label(sp_name)})")
+                           f"{image_id}; sp = {common.model_label(sp_name)} seed {seed}, sr "
+                           f"scene seed {scene_seed})")

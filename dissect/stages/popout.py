@@ -76,7 +76,9 @@ def run_popout(params: Params) -> None:
 
 def run_popout_readouts(params: Params) -> None:
     """The saliency readouts (setup I, each k of setup II) next to the classical models
-    (Table 4), and the last trunk layer's units vs k (Table 6)."""
+    (Table 4), and the last trunk layer's units vs k (Table 6): the readouts of the first
+    training seed (``train.seeds[0]``; the seed issue asks for Tables 3, 7, Fig. 4 and §6 over
+    seeds, and these tables name the seed they use in provenance)."""
     from dissect.data.popout import load_set
     from dissect.inner_output import predict_map
     from dissect.popout_scoring import inner_unit_nmm, layer_summary, score_model
@@ -86,14 +88,16 @@ def run_popout_readouts(params: Params) -> None:
 
     k_top = int(params["stats"]["top_k"])
     last = params["backbone"]["layers"][-1]
-    with stage_record(params.work, "popout-readouts", {"top_k": k_top}) as rec:
+    seed = common.seeds(params)[0]
+    recorded = {"top_k": k_top, "seed": seed}
+    with stage_record(params.work, "popout-readouts", recorded) as rec:
         arrays = load_set(arrays_dir(params))
         base = common.backbone(params)
         scored = [pd.read_csv(common.results(params, "tables", "popout", "popout_nmm.csv"))]
         inner = pd.read_csv(common.work(params, "popout", "inner_units.csv"))
         inner_k = [inner[(inner["model"] == "pt") & (inner["layer"] == last)]]
         for name in common.model_names(params)[1:]:
-            readout, _ = load_readout(common.work(params, "readouts", name, "model.pt"), base)
+            readout, _ = load_readout(common.readout_path(params, name, seed), base)
             readout.eval()
             label = common.model_label(name)
             scored.append(score_model(f"readout_{label}", "readout", arrays,

@@ -10,9 +10,10 @@ parameters the run did not use in the report and make it depend on every key.
   statistics stage recorded (``stats.top_k``), and every other table a section's folder holds
   is shown too, so changing ``stats.top_k`` or ``train.ks`` never drops a table silently;
   expected items that are missing are listed as such.
-- Long tables (more than :data:`MAX_INLINE_ROWS` rows) are linked rather than inlined; Table 7
-  (pt / sp / sr × category × statistic) is shown as one pivot per statistic (cells
-  ``value* (null mean)``, :func:`dissect.tables.format_cell`) with its tidy CSV linked.
+- Long tables (more than :data:`MAX_INLINE_ROWS` rows) are linked rather than inlined; Table 3,
+  Fig. 4 and Table 7 are the statistics stage's pivots over the training seeds, and the
+  fine-tuning section says which of the study's readings hold in every seed
+  (:func:`conclusion_lines`).
 - The provenance table lists the stages of ``pipelines/dvc.yaml`` in the order they ran, the run's
   total time, and says when the records come from different runs (their recorded run ids,
   package versions, or a stage that started before one of its inputs' stages finished).
@@ -72,9 +73,9 @@ def sections(top_k: int) -> list[Section]:
             text="statistics",
         ),
         Section(
-            "Fine-tuning: last trunk layer vs k (Table 3, Fig. 4 analogues)",
+            "Fine-tuning: last trunk layer vs k over training seeds (Table 3, Fig. 4 analogues)",
             [f"statistics/table3_{tk}_mean.md", "statistics/table3_count_above_T.md",
-             "statistics/fig4_improvement.md"],
+             "statistics/fig4_improvement_summary.md", "statistics/finetuning_conclusions.md"],
             [f"table3_{tk}.png", f"table3_{tk}_excess.png", "fig4_improvement.png",
              "fig4_improvement_excess.png", "fig5_units_finetuned.png", "training_curves.png"],
             more_tables=["statistics/table3_*.md", "statistics/fig4_*.md"],
@@ -83,8 +84,8 @@ def sections(top_k: int) -> list[Section]:
         ),
         Section(
             "Inner vs output saliency (§6, Eqs. 2–3)",
-            ["inner_output/readout_performance.md", "inner_output/inner_output_spearman.md",
-             "inner_output/anova.md"],
+            ["inner_output/readout_performance_seeds.md",
+             "inner_output/inner_output_spearman_seeds.md", "inner_output/anova_seeds.md"],
             ["inner_vs_output_*.png"],
             more_tables=["inner_output/*.md"],
             text="inner_output",
@@ -102,9 +103,10 @@ def sections(top_k: int) -> list[Section]:
             "Task vs data: pt / sp / sr (Tables 7–8 analogues)",
             ["scene/scene_accuracy.md", "scene/scene_recall.md",
              "task/table7_task_statistics.md", "task/task_permutation_test.md",
-             "scene/table8_mean_map_nss.md"],
+             "task/task_permutation_agreement.md", "scene/table8_mean_map_nss.md"],
             ["scene_confusion.png", "fig11_task_maps.png"],
             more_tables=["task/*.md", "scene/table*.md"],
+            links=[("Table 7 per seed, every column", "task/table7_task_statistics.csv")],
             text="task",
         ),
     ]
@@ -316,7 +318,13 @@ def setup_lines(records: Mapping[str, dict]) -> list[str]:
         names = [common.model_label(f"k{k}") for k in ks]
         lines.append("- Saliency readouts (−NSS loss): " + ", ".join(names) + " — k0 keeps the "
                      "pretrained trunk (setup I), kN fine-tunes its top N stages (setup II)"
-                     + (", `all` every stage." if "all" in names else "."))
+                     + (", `all` every stage" if "all" in names else ""))
+        seeds = _param(records, "train", "train.seeds")
+        if seeds is not None:
+            threads = (records.get("train") or {}).get("torch_threads")
+            lines[-1] += (f"; each trained with seeds {', '.join(map(str, seeds))}"
+                          + (f" ({threads} torch threads)" if threads else ""))
+        lines[-1] += "."
     st = _param(records, "statistics", "stats")
     if isinstance(st, Mapping):
         parts = []
@@ -353,11 +361,23 @@ def setup_lines(records: Mapping[str, dict]) -> list[str]:
     return lines + [""]
 
 
-def _section_text(key: str | None, records: Mapping[str, dict]) -> list[str]:
-    """The explanatory paragraph of a section (its ``text`` key), from what the run recorded."""
+def _section_text(key: str | None, records: Mapping[str, dict],
+                  results: Path | None = None) -> list[str]:
+    """The explanatory paragraph of a section (its ``text`` key), from what the run recorded
+    (and, for fine-tuning, the conclusions table the statistics stage wrote)."""
     if key == "finetuning":
-        return ["Rows are k, the number of top trunk stages fine-tuned: 0 = setup I (frozen "
-                "trunk), `all` = every stage.", ""]
+        seeds = _param(records, "train", "train.seeds")
+        text = ("Rows are k, the number of top trunk stages fine-tuned: 0 = setup I (frozen "
+                "trunk), `all` = every stage.")
+        if seeds is not None:
+            text += (f" Every readout was trained with {len(seeds)} seed(s) "
+                     f"({', '.join(map(str, seeds))}); cells give the mean over seeds ± sd "
+                     "[min, max] and in how many seeds the value is significant.")
+        lines = [text, ""]
+        if results is not None:
+            lines += conclusion_lines(results / "tables" / "statistics" /
+                                      "finetuning_conclusions.csv")
+        return lines
     if key == "inner_output":
         from dissect.inner_output import SPEARMAN_NOTE
 
@@ -369,6 +389,28 @@ def _section_text(key: str | None, records: Mapping[str, dict]) -> list[str]:
         return [f"pt: pretrained trunk; sp: the saliency readout {common.model_label(str(sp))} "
                 "(same stages tuned as sr); sr: the scene-recognition trunk.", ""]
     return []
+
+
+def conclusion_lines(path: Path) -> list[str]:
+    """Which of the study's fine-tuning readings hold in every training seed, from the
+    statistics stage's ``finetuning_conclusions.csv`` (:func:`dissect.seeds.
+    finetuning_conclusions`): one line per reading, naming the k where it holds in every seed,
+    in some seeds only, and in none."""
+    if not path.is_file():
+        return []
+    df = pd.read_csv(path, keep_default_na=False)
+    n = int(df["n_seeds"].max()) if len(df) else 0
+    lines = [f"**Which fine-tuning conclusions survive the training seed** ({n} seed(s); "
+             "from `statistics/finetuning_conclusions.csv`):", ""]
+    for statement, g in df.groupby("statement", sort=False):
+        parts = []
+        for verdict, label in (("all", "in every seed"), ("mixed", "in some seeds only"),
+                               ("none", "in no seed")):
+            ks = [common.model_label(str(m)) for m in g.loc[g["agreement"] == verdict, "model"]]
+            if ks:
+                parts.append(f"{label} for {', '.join(ks)}")
+        lines.append(f"- {statement}: holds " + "; ".join(parts) + ".")
+    return lines + [""]
 
 
 def _n_rows(md: str) -> int:
@@ -386,51 +428,6 @@ def _table_block(results: Path, md_path: Path) -> list[str]:
         t_rel = target.relative_to(results).as_posix()
         return [f"**{md_path.stem}**: {n} rows, not inlined — [`{t_rel}`]({t_rel})", ""]
     return [f"**{md_path.stem}** (`{rel}`)", "", text, ""]
-
-
-def task_pivot(tidy: pd.DataFrame) -> list[str]:
-    """Table 7 as one pivot per statistic: models (pt, sp, sr) × categories, cells
-    ``value* (null mean)`` (:func:`dissect.tables.format_cell`), categories in display order."""
-    from dissect.categories import NAMES
-    from dissect.tables import format_cell, markdown_table
-
-    out = []
-    for stat in pd.unique(tidy["stat"]):
-        df = tidy[tidy["stat"] == stat]
-        count = str(stat).startswith("count")
-        cells = [format_cell(v, n, p, count=count)
-                 for v, n, p in zip(df["value"], df["null_mean"], df["p_value"], strict=True)]
-        wide = df.assign(cell=cells).pivot_table(index="model", columns="category",
-                                                 values="cell", aggfunc="first")
-        models = list(pd.unique(df["model"]))
-        cats = [c for c in NAMES if c in set(df["category"])]
-        wide = wide.reindex(index=models, columns=cats).fillna("")
-        wide.columns.name = None
-        layer = ", ".join(map(str, pd.unique(df["layer"]))) if "layer" in df else ""
-        out += [f"*{stat}*" + (f" (layer {layer})" if layer else ""), "",
-                markdown_table(wide).strip(), ""]
-    return out
-
-
-def _table7(results: Path, tables: Path, path: Path, shown: set[Path]) -> list[str]:
-    """Table 7: the pivots the statistics stage wrote (``task/table7*pivot*.md`` or other
-    ``table7_*`` views), else pivots built here from the tidy CSV; the tidy CSV linked."""
-    csv = path.with_suffix(".csv")
-    views = sorted(p for p in (tables / "task").glob("table7*.md") if p != path)
-    lines = [f"**{path.stem}** (pivot; `value* (null mean)`)", ""]
-    if views:
-        for v in views:
-            shown.add(v)
-            lines += _table_block(results, v)
-    elif csv.is_file():
-        lines += task_pivot(pd.read_csv(csv))
-    else:
-        return _table_block(results, path)
-    if csv.is_file():
-        rel = csv.relative_to(results).as_posix()
-        lines += [f"The tidy table (value, null mean and 95th percentile, p, CI, counts per "
-                  f"model × category × statistic): [`{rel}`]({rel}).", ""]
-    return lines
 
 
 def _figures(results: Path, pattern: str) -> list[Path]:
@@ -452,10 +449,7 @@ def section_lines(results: Path, section: Section, records: Mapping[str, dict]) 
             missing.append(f"`tables/{options[0]}`")
             continue
         shown.add(path)
-        if path.name == "table7_task_statistics.md":
-            body += _table7(results, tables, path, shown)
-        else:
-            body += _table_block(results, path)
+        body += _table_block(results, path)
     for pattern in section.more_tables:
         for path in sorted(tables.glob(pattern)):
             if path not in shown and path.is_file():
@@ -476,7 +470,7 @@ def section_lines(results: Path, section: Section, records: Mapping[str, dict]) 
     lines = [f"## {section.title}", ""]
     if not shown and not body:
         return lines + ["Not produced by this run (no tables or figures of this section).", ""]
-    lines += _section_text(section.text, records) + body
+    lines += _section_text(section.text, records, results) + body
     if missing:
         lines += ["Not produced by this run: " + ", ".join(missing) + ".", ""]
     return lines

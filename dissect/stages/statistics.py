@@ -8,13 +8,18 @@ stage has associated the sr trunk. Thin: params → :mod:`dissect.statistics`,
 Outputs (``top`` = ``f"top{stats.top_k}_mean"``), each folder written through
 :func:`dissect.stages.common.replacing`:
 
-* ``results/tables/statistics/``: ``category_statistics.{csv,md}`` (tidy, every column),
-  ``table2_{top,count_above_T}.{csv,md}`` and ``table3_…`` (``value* (null mean)`` pivots),
-  ``table2_{stat}_excess`` / ``table3_{stat}_excess`` (excess over the null with its interval),
-  ``fig4_improvement.{csv,md}``.
-* ``results/tables/task/``: ``table7_task_statistics.csv`` (tidy) with
-  ``table7_task_statistics.md`` (its pivot: categories × statistic · model),
-  ``task_permutation_test.{csv,md}``.
+* ``results/tables/statistics/``: ``category_statistics.{csv,md}`` (tidy, every column, a
+  ``seed`` column: empty for the pretrained trunk, the training seed for every readout),
+  ``table2_{top,count_above_T}.{csv,md}`` (``value* (null mean)`` pivots) and
+  ``table2_{stat}_excess`` (excess over the null with its interval); ``table3_…`` over the
+  training seeds (mean ± sd [min, max] and seeds significant), ``table3_seed_summary``,
+  ``table3_seed_anova``; ``fig4_improvement`` (per seed), ``fig4_improvement_summary``;
+  ``finetuning_conclusions`` (the study's readings, seed by seed).
+* ``results/tables/task/``: per training seed (the i-th scene seed paired with the i-th training
+  seed), ``table7_task_statistics.csv`` (tidy, ``seed`` column) with
+  ``table7_task_statistics.md`` (the pivot of the first seed: categories × statistic · model),
+  ``table7_seed_summary`` (sp and sr over seeds), ``task_permutation_test.{csv,md}`` (per seed)
+  and its agreement over seeds.
 """
 
 from __future__ import annotations
@@ -55,50 +60,81 @@ def run_statistics(params: Params) -> pd.DataFrame:
 
     from dissect.association import load_associations
     from dissect.statistics import category_statistics
-    from dissect.task_compare import task_statistics
 
     kw = statistics_kwargs(params)
     top = f"top{kw['k']}_mean"
-    recorded = {"stats": params["stats"], "sp_model": None}
+    seeds = common.seeds(params)
+    recorded = {"stats": params["stats"], "train.seeds": seeds, "sp_model": None}
     with stage_record(params.work, "statistics", recorded) as rec:
         layers_pt = list(params["backbone"]["layers"])
         last = layers_pt[-1]
         n_stages = int(common.read_json(params, "train", "summary.json")["n_stages"])
 
-        def one(model: str, layer: str) -> pd.DataFrame:
-            assoc = load_associations(common.assoc_store(params, model), [layer])
-            df = category_statistics(assoc, **kw)
-            df.insert(0, "model", model)
-            df.insert(1, "k", -1 if model == "pt" else k_value(model[1:], n_stages))
-            return df
+        def one(store: Path, layer: str) -> pd.DataFrame:
+            return category_statistics(load_associations(store, [layer]), **kw)
 
-        # one Dask task per (model, layer): each reads its association array and reduces it;
-        # BLAS single-threaded, the tasks are the parallelism
-        tasks = [dask.delayed(one)(model, layer)
-                 for model in common.model_names(params)
-                 for layer in (layers_pt if model == "pt" else [last])]
-        log.info("statistics: %d (model, layer) tasks", len(tasks))
+        # the (model, seed, layer) rows; setup I's units are the pretrained ones for every seed
+        rows = [("pt", None, layer) for layer in layers_pt]
+        rows += [(model, seed, last) for seed in seeds for model in common.model_names(params)[1:]]
+        stores = {r: common.assoc_store(params, r[0], r[1]) for r in rows}
+        # one Dask task per distinct (store, layer): each reads its association array and
+        # reduces it; BLAS single-threaded, the tasks are the parallelism
+        distinct = list(dict.fromkeys((stores[r], r[2]) for r in rows))
+        tasks = [dask.delayed(one)(store, layer) for store, layer in distinct]
+        log.info("statistics: %d (store, layer) tasks for %d seeds", len(tasks), len(seeds))
         with common.scheduler(params) as client, threadpool_limits(limits=1, user_api="blas"):
             kw_compute = {} if client is not None else {"scheduler": "threads"}
-            stats = pd.concat(dask.compute(*tasks, **kw_compute), ignore_index=True)
+            done = dict(zip(distinct, dask.compute(*tasks, **kw_compute), strict=True))
+        parts = []
+        for model, seed, layer in rows:
+            df = done[(stores[(model, seed, layer)], layer)].copy()
+            df.insert(0, "model", model)
+            df.insert(1, "seed", pd.array([seed] * len(df), dtype="Int64"))
+            df.insert(2, "k", -1 if model == "pt" else k_value(model[1:], n_stages))
+            parts.append(df)
+        stats = pd.concat(parts, ignore_index=True)
 
         with common.replacing(common.results(params, "tables", "statistics")) as out:
             write_statistics_tables(stats, out, top=top, last=last, kw=kw)
 
-        sr = common.work(params, "scene", "assoc_sr.zarr")
-        if sr.exists():
+        srs = {seed: common.scene_dir(params, sc) / "assoc_sr.zarr"
+               for seed, sc in zip(seeds, common.scene_seeds(params), strict=True)}
+        task = params.results / "tables" / "task"
+        if all(p.exists() for p in srs.values()):
             sp = common.sp_model(params)
             recorded["sp_model"] = sp
-            t7, tests = task_statistics(stats, load_associations(sr, [last]), sp, **kw)
+            t7, tests = task_tables(stats, {s: load_associations(p, [last]) for s, p in
+                                            srs.items()}, sp, kw)
             with common.replacing(common.results(params, "tables", "task")) as out:
                 write_task_tables(t7, tests, out, kw=kw, sp=sp)
-        elif (task := params.results / "tables" / "task").exists():
+        elif task.exists():
             # without the scene stage's sr associations there is no Table 7 for these
             # statistics: tables of an earlier run must not stay beside them
-            log.warning("no %s (run the scene stage): removing the earlier %s", sr, task)
+            missing = [str(p) for p in srs.values() if not p.exists()]
+            log.warning("no %s (run the scene stage): removing the earlier %s", missing, task)
             shutil.rmtree(task)
         rec["rows"] = len(stats)
     return stats
+
+
+def task_tables(stats: pd.DataFrame, sr: dict[int, dict], sp: str, kw: dict) -> tuple[
+        pd.DataFrame, pd.DataFrame]:
+    """Table 7 and its paired test for every training seed: the seed's sp readout against the
+    scene model paired with it (``sr[seed]``); both tables get a ``seed`` column."""
+    from dissect.task_compare import task_statistics
+
+    t7s, tests = [], []
+    for seed, assoc in sr.items():
+        rows = stats[(stats["model"] == "pt") | (stats["seed"] == seed)]
+        t7, test = task_statistics(rows, assoc, sp, **kw)
+        t7s.append(t7.assign(seed=seed))
+        tests.append(test.assign(seed=seed))
+
+    def seed_first(df: pd.DataFrame) -> pd.DataFrame:
+        return df[["seed", *[c for c in df.columns if c != "seed"]]]
+
+    return (seed_first(pd.concat(t7s, ignore_index=True)),
+            seed_first(pd.concat(tests, ignore_index=True)))
 
 
 def _labelled(df: pd.DataFrame) -> pd.DataFrame:
@@ -109,51 +145,129 @@ def _labelled(df: pd.DataFrame) -> pd.DataFrame:
 def write_statistics_tables(
     stats: pd.DataFrame, out: Path, *, top: str, last: str, kw: dict
 ) -> list[str]:
-    """Write the statistics folder's tables into ``out`` (Table 2 and 3 pivots with captions,
-    their excess pivots, the tidy table, the Fig. 4 improvement table). Returns the stems."""
+    """Write the statistics folder's tables into ``out``: Table 2 pivots (pretrained trunk) and
+    their excess pivots; Table 3 over the training seeds (cells mean ± sd [min, max] and the
+    number of seeds with p < 0.05; :func:`dissect.tables.pivot_seeds`) with its tidy
+    ``table3_seed_summary`` (:func:`dissect.seeds.seed_summary`) and, with ≥ 2 seeds,
+    ``table3_seed_anova`` (:func:`dissect.seeds.seed_anova`, fine-tuned trunks only); the tidy
+    table; Fig. 4 per seed (``fig4_improvement``) and over seeds
+    (``fig4_improvement_summary``); the study's fine-tuning readings checked in every seed
+    (``finetuning_conclusions``). Returns the stems."""
+    from dissect.seeds import finetuning_conclusions, improvement_summary, seed_anova, seed_summary
     from dissect.statistics import improvement
-    from dissect.tables import pivot_k, pivot_layers, stats_caption, write_table
+    from dissect.tables import (
+        pivot_improvement_seeds,
+        pivot_layers,
+        pivot_seeds,
+        stats_caption,
+        write_table,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     tidy = "category_statistics.csv"
     written = []
 
-    def put(df: pd.DataFrame, name: str, caption: str | None = None) -> None:
-        write_table(df, out / name, caption=caption)
+    def put(df: pd.DataFrame, name: str, caption: str | None = None,
+            markdown: pd.DataFrame | None = None) -> None:
+        write_table(df, out / name, caption=caption, markdown=markdown)
         written.append(name)
 
     put(stats, "category_statistics")
     pt = stats[stats["model"] == "pt"]
+    for stat in (top, "count_above_T"):
+        for cells, suffix in (("value", ""), ("excess", "_excess")):
+            caption = stats_caption(pt, stat, cells=cells, n_null=kw["n_null"],
+                                    n_boot=kw["n_boot"], tidy=tidy)  # fmt: skip
+            put(pivot_layers(pt, stat, cells=cells).reset_index(), f"table2_{stat}{suffix}",
+                caption)
+
     by_k = _labelled(stats[(stats["model"] != "pt") & (stats["layer"] == last)])
-    for table, frame, pivot in (("table2", pt, lambda d, s, c: pivot_layers(d, s, cells=c)),
-                                ("table3", by_k,
-                                 lambda d, s, c: pivot_k(d, s, layer=last, cells=c))):  # fmt: skip
-        for stat in (top, "count_above_T"):
-            for cells, suffix in (("value", ""), ("excess", "_excess")):
-                caption = stats_caption(frame, stat, cells=cells, n_null=kw["n_null"],
-                                        n_boot=kw["n_boot"], tidy=tidy)  # fmt: skip
-                put(pivot(frame, stat, cells).reset_index(), f"{table}_{stat}{suffix}", caption)
-    put(improvement(by_k, stat=top), "fig4_improvement")
+    seeds = sorted(int(x) for x in by_k["seed"].dropna().unique())
+    n = len(seeds)
+    order = list(pd.unique(by_k.sort_values("k", kind="stable")["model"]))
+    summary = seed_summary(by_k.assign(seed=by_k["seed"].astype(int)))
+    k_of = by_k.drop_duplicates("model").set_index("model")["k"]
+    summary.insert(1, "k", summary["model"].map(k_of))
+    for stat in (top, "count_above_T"):
+        what = "number of units with NSS > T" if stat.startswith("count") else (
+            f"top-{kw['k']} mean NSS")
+        for cells, suffix in (("value", ""), ("excess", "_excess")):
+            of = what if cells == "value" else f"excess of the {what} over the permutation null"
+            caption = (
+                f"Layer {last}. Cells: the {of}, mean over the {n} training seed(s) "
+                f"({', '.join(map(str, seeds))}) ± sd [min, max over seeds], then in how many "
+                f"seeds it is significant (permutation p < 0.05, {kw['n_null']} permutations "
+                "per seed). k0 (setup I) keeps the pretrained trunk: the same units in every "
+                "seed. Per-seed values, nulls, p and intervals: `category_statistics.csv`; the "
+                "t test over seeds of the excess (seed as a random effect): "
+                "`table3_seed_summary.csv`.")
+            put(pivot_seeds(summary, stat, cells=cells, order=order).reset_index(),
+                f"table3_{stat}{suffix}", caption)
+    put(summary, "table3_seed_summary")
+    seeded = by_k[by_k["k"] != 0]
+    if n >= 2 and not seeded.empty:
+        put(seed_anova(seeded.assign(seed=seeded["seed"].astype(int))), "table3_seed_anova",
+            "Per fine-tuned model and statistic: two-way ANOVA of the excess over the null on "
+            "category and seed (residual = seed × category interaction), with method-of-moments "
+            "variance components (`dissect.seeds.seed_anova`).")
+
+    imp = pd.concat([improvement(g.drop(columns="seed"), stat=top).assign(seed=seed)
+                     for seed, g in by_k.groupby("seed", sort=True)], ignore_index=True)
+    imp = imp[["seed", *[c for c in imp.columns if c != "seed"]]]
+    put(imp, "fig4_improvement")
+    isum = improvement_summary(imp)
+    put(isum, "fig4_improvement_summary",
+        f"Cells: % improvement of the top-{kw['k']} mean over setup I (k0), mean over {n} "
+        "seed(s) ± sd [min, max], then in how many seeds it is positive. Per seed: "
+        "`fig4_improvement.csv`; the same for the excess over the null: "
+        "`fig4_improvement_summary.csv` (`excess_improvement_pct_*`).",
+        markdown=pivot_improvement_seeds(isum, order=order).reset_index())
+    per_seed, conclusions = finetuning_conclusions(imp)
+    put(per_seed, "finetuning_conclusions_per_seed")
+    cols = ["statement", "model", "n_holds", "n_seeds", "agreement", "detail", "profile_rs"]
+    put(conclusions, "finetuning_conclusions",
+        "The study's fine-tuning readings (He et al. §5.2: fine-tuning favours some categories, "
+        "e.g. heads, over others, e.g. text), checked in every training seed for every k: "
+        "`n_holds` of `n_seeds` seeds; `profile_rs` = mean Spearman correlation between seeds "
+        "of the per-category improvement (1 = same ranking). Per seed: "
+        "`finetuning_conclusions_per_seed.csv`.",
+        markdown=conclusions[cols].rename(columns={"model": "k"}))
     return written
 
 
 def write_task_tables(
     t7: pd.DataFrame, tests: pd.DataFrame, out: Path, *, kw: dict, sp: str
 ) -> None:
-    """Table 7 into ``out``: the tidy CSV with its pivot as the Markdown, and the tests."""
-    from dissect.tables import NULL_TEXT, pivot_models, write_table
+    """Table 7 into ``out``: the tidy per-seed CSV with, as its Markdown, the pivot over seeds
+    (rows statistic · model, cells :func:`dissect.tables.format_seed_cell`), the per-seed
+    summary, and the paired tests per seed with their agreement over seeds."""
+    from dissect.seeds import agreement, seed_summary
+    from dissect.tables import NULL_TEXT, pivot_seeds, write_table
 
     out.mkdir(parents=True, exist_ok=True)
+    seeds = sorted(int(x) for x in t7["seed"].unique())
+    summary = seed_summary(t7)
+    stats = sorted(pd.unique(summary["stat"]), key=lambda x: (not str(x).startswith("top"), x))
+    pivot = pd.concat([pivot_seeds(summary, st, order=["pt", "sp", "sr"]).reset_index()
+                       .assign(stat=st) for st in stats], ignore_index=True)
+    pivot = pivot[["stat", *[c for c in pivot.columns if c != "stat"]]]
     caption = (
-        f"Cells: `value* (null mean)` of the top-{kw['k']} mean NSS and of the number of units "
-        f"with NSS > T = {kw['threshold']:g} over the last trunk layer's units; pt = pretrained "
-        f"trunk, sp = saliency readout {common.model_label(sp)}, sr = scene-recognition trunk "
-        "(same stages tuned, same images); `*` = permutation p < 0.05 "
-        f"({kw['n_null']} permutations, {NULL_TEXT.get(kw['null'], kw['null'])}). Every column "
-        "(excess over the null and its interval, counts): `table7_task_statistics.csv`; "
-        "the paired sign-flip test of |Δsp| vs |Δsr| over categories: "
-        "`task_permutation_test.csv`."
+        f"Cells: top-{kw['k']} mean NSS and number of units with NSS > T = {kw['threshold']:g} "
+        f"over the last trunk layer's units, mean over {len(seeds)} seed(s) ± sd [min, max], "
+        "then in how many seeds the permutation test is significant (p < 0.05, "
+        f"{kw['n_null']} permutations, {NULL_TEXT.get(kw['null'], kw['null'])}); pt = "
+        f"pretrained trunk (the same in every seed), sp = saliency readout "
+        f"{common.model_label(sp)} of training seed i, sr = the scene-recognition trunk of "
+        "scene seed i (same stages tuned, same images). Per seed, every column: "
+        "`table7_task_statistics.csv`; over seeds: `table7_seed_summary.csv`; the paired "
+        "sign-flip test of |Δsp| vs |Δsr| over categories per seed: "
+        "`task_permutation_test.csv`, its agreement over seeds: `task_permutation_agreement`."
     )
-    write_table(t7, out / "table7_task_statistics", caption=caption,
-                markdown=pivot_models(t7, models=["pt", "sp", "sr"]).reset_index())  # fmt: skip
+    write_table(t7, out / "table7_task_statistics", caption=caption, markdown=pivot)
+    write_table(summary, out / "table7_seed_summary")
     write_table(tests, out / "task_permutation_test")
+    agree = agreement(tests.assign(significant=tests["p_value"] < 0.05), ["stat"],
+                      "significant")
+    write_table(agree, out / "task_permutation_agreement",
+                caption="Seeds in which the paired test of |Δsp| vs |Δsr| is significant "
+                "(p < 0.05).")

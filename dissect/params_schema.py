@@ -1,0 +1,328 @@
+"""The schema of ``params.yaml``: every key the pipeline reads, its type and its range.
+
+:func:`validate_params` checks a loaded parameter mapping (after ``--set`` and profile
+overrides) against :class:`ParamsSchema` and raises :class:`ParamsError` with one line per
+problem, each naming the dotted key: an unknown key (a misspelling, or a knob no code reads),
+a missing key, a wrong type (``abc`` where a number belongs, a bare string where a list
+belongs), a value out of range or not among the accepted choices, NaN or infinity.
+
+Every key here is read by some stage (``tests/test_faults_params.py`` checks that each one
+appears in the code), so a parameter in the file always changes what a run does. Choices that
+live in modules importing torch or OpenCV (backbone names, cache dtypes, classical models) are
+repeated here as plain tuples so that validation stays cheap; the test compares them with the
+registries. Layer names are not checked: they depend on the loaded backbone (the extraction
+stage reports unknown ones).
+
+Types are strict (no ``"12"`` for an integer, no ``true`` for a number), except that a float
+may be written as a YAML 1.1 string such as ``1e-3`` (PyYAML reads an exponent without a dot as
+a string); :func:`validate_params` returns such values as floats.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from dissect.errors import DataError
+
+#: registered backbones (``dissect.backbones.BACKBONES``)
+BACKBONE_NAMES = ("vgg16", "resnet18", "resnet50", "efficientnet_lite0")
+#: activation cache dtypes (``dissect.cache.DTYPES``)
+CACHE_DTYPES = ("float16", "float32")
+#: classical saliency models (``dissect.models.classical.CLASSICAL_MODELS``)
+CLASSICAL_NAMES = ("itti", "gbvs", "bms", "spectral_residual", "fine_grained")
+#: the 12 region categories (``dissect.categories.NAMES``)
+CATEGORY_NAMES = ("person head", "person part", "animal head", "animal part", "object", "text",
+                  "symbol", "vehicle", "food", "drink", "plant", "other")
+
+
+class ParamsError(DataError):
+    """Parameters refused by the schema: ``problems`` holds ``(dotted key, message)`` pairs, and
+    the message has one line per problem."""
+
+    def __init__(self, source: str | Path | None, problems: list[tuple[str, str]]):
+        self.problems = problems
+        if len(problems) == 1:
+            text = "{}: {}".format(*problems[0])
+        else:
+            text = f"{len(problems)} invalid parameters:" + "".join(
+                f"\n  {key}: {msg}" for key, msg in problems)
+        super().__init__(source, text)
+
+    @property
+    def keys(self) -> list[str]:
+        """The dotted keys refused."""
+        return [key for key, _ in self.problems]
+
+
+# ------------------------------------------------------------------------------- value types
+def _number(value: Any) -> Any:
+    """Accept a YAML 1.1 float string (``1e-3``) as the number it means; anything else is left
+    to the strict float check (so ``abc``, ``true`` and ``nan`` are refused there)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _distinct(values: list) -> list:
+    twice = sorted({str(v) for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"lists {', '.join(twice)} more than once: {values!r}")
+    return values
+
+
+def _k_value(value: Any) -> int | str:
+    """A number of fine-tuned trunk stages: an integer ≥ 0 or ``"all"``."""
+    if value == "all" and isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"must be an integer ≥ 0 or 'all', got {value!r}")
+
+
+def _name_list(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError(f"must be a list, e.g. [{value}], not the string {value!r}")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+Positive = Annotated[Number, Field(gt=0)]
+NonNegative = Annotated[Number, Field(ge=0)]
+Fraction = Annotated[Number, Field(gt=0, lt=1)]
+Count = Annotated[StrictInt, Field(ge=1)]
+Seed = Annotated[StrictInt, Field(ge=0)]
+Text = Annotated[StrictStr, Field(min_length=1)]
+PathText = Text
+KValue = Annotated[int | str, PlainValidator(_k_value)]
+Seeds = Annotated[list[Seed], Field(min_length=1), AfterValidator(_distinct)]
+
+
+def names(item: Any) -> Any:
+    """A non-empty list of distinct ``item`` values; a bare string is refused."""
+    return Annotated[list[item], BeforeValidator(_name_list), Field(min_length=1),
+                     AfterValidator(_distinct)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+# ---------------------------------------------------------------------------------- sections
+class DataParams(_Section):
+    osie: PathText
+    regions: PathText
+    scenes: PathText
+    split_file: PathText
+    n_heldout: Count
+    split_seed: Seed
+    drop_first: StrictBool
+    max_images: Count | None  # null = all images
+
+
+class BackboneParams(_Section):
+    name: Literal[BACKBONE_NAMES]
+    weights: Literal["imagenet", "random"] | None
+    checkpoint: PathText | None
+    layers: names(Text)
+
+    @model_validator(mode="after")
+    def _weights_and_checkpoint(self) -> BackboneParams:
+        if self.weights is None and self.checkpoint is None:
+            raise ValueError("backbone.checkpoint: must name a file when backbone.weights is "
+                             "null (the weights are read from it)")
+        if self.weights == "random" and self.checkpoint is not None:
+            raise ValueError("backbone.checkpoint: must be null with backbone.weights: random")
+        return self
+
+
+class ExtractParams(_Section):
+    batch_size: Count
+    dtype: Literal[CACHE_DTYPES]
+
+
+class TrainParams(_Section):
+    ks: names(KValue)
+    epochs: Count
+    lr: Positive
+    trunk_lr: Positive
+    weight_decay: NonNegative
+    batch_size: Count
+    patience: Count
+    val_fraction: Fraction
+    val_seed: Seed
+    seeds: Seeds
+    threads: Count
+    optimizer: Literal["adam", "adamw", "sgd"]
+    lr_schedule: Literal["cosine", "step"] | None
+    step_size: Count
+    gamma: Positive
+    min_delta: NonNegative
+
+
+class GtParams(_Section):
+    sigma_deg: Positive
+    px_per_degree: Positive
+
+
+class StatsParams(_Section):
+    top_k: Count
+    threshold: Number
+    n_null: Annotated[StrictInt, Field(ge=0)]
+    n_boot: Annotated[StrictInt, Field(ge=0)]
+    seed: Seed
+    null_type: Literal["labels", "images"]
+    ci_level: Fraction
+    ci_method: Literal["basic", "BCa", "percentile"]
+    n_null_boot: Annotated[StrictInt, Field(ge=0)]
+
+
+class PopoutParams(_Section):
+    n_per_dimension: Count
+    seed: Seed
+    models: names(Literal[CLASSICAL_NAMES])
+
+
+class SceneParams(_Section):
+    tuned_stages: KValue
+    hidden: Annotated[list[Count], Field(min_length=2, max_length=2)]
+    dropout: Annotated[Number, Field(ge=0, lt=1)]
+    weight_decay: NonNegative
+    monitor: Literal["accuracy", "balanced_accuracy", "loss"]
+    min_images: Count
+    epochs: Count
+    lr: Positive
+    batch_size: Count
+    patience: Count
+    seeds: Seeds
+
+
+class FiguresParams(_Section):
+    overlay_categories: names(Literal[CATEGORY_NAMES])
+    task_map_category: Literal[CATEGORY_NAMES]
+
+
+class DaskParams(_Section):
+    scheduler: Text | None  # null = local threads, else a dask.distributed address
+    chunk_images: Count
+
+
+class ParamsSchema(_Section):
+    """A whole ``params.yaml``. Every key is required except ``progress`` (the CLI's ``-q``)."""
+
+    work: PathText
+    results: PathText
+    progress: StrictBool = True
+    data: DataParams
+    backbone: BackboneParams
+    extract: ExtractParams
+    train: TrainParams
+    gt: GtParams
+    stats: StatsParams
+    popout: PopoutParams
+    scene: SceneParams
+    figures: FiguresParams
+    dask: DaskParams
+
+
+def leaf_keys(model: type[BaseModel] = ParamsSchema, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (``"stats.threshold"``, ``"work"``, …)."""
+    out = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out += leaf_keys(sub, f"{prefix}{name}.")
+        else:
+            out.append(prefix + name)
+    return out
+
+
+# ------------------------------------------------------------------------------- validation
+def _key(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _siblings(loc: tuple) -> list[str]:
+    model: Any = ParamsSchema
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def _problem(err: dict, overridden: set[str]) -> tuple[str, str]:
+    loc = tuple(err["loc"])
+    key = _key(loc)
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        text = "unknown key (no code reads it)"
+        close = difflib.get_close_matches(str(loc[-1]), _siblings(loc), n=1)
+        if close:
+            text += f"; did you mean {_key((*loc[:-1], close[0]))}?"
+    elif kind == "missing":
+        text = "missing"
+    else:
+        msg = msg.removeprefix("Value error, ")
+        if msg.startswith(f"{key}.") or msg.startswith(f"{key}:"):  # a section's own check
+            key, _, msg = msg.partition(": ")
+            return key, msg
+        if kind in ("model_type", "dict_type"):
+            msg = "must be a mapping of keys to values"
+        text = msg[:1].lower() + msg[1:]
+        if kind != "value_error":  # the schema's own messages show the value already
+            text += f", got {err.get('input')!r}"
+    if any(key == k or key.startswith(k + ".") or key.startswith(k + "[")
+           for k in overridden):
+        text += " (set by an override)"
+    return key, text
+
+
+def validate_params(data: Any, source: str | Path | None = None,
+                    overridden: set[str] | None = None) -> dict:
+    """Check ``data`` against :class:`ParamsSchema`; return it with YAML 1.1 float strings
+    (``1e-3``) turned into floats and nothing else changed (same keys, same order, no defaults
+    added). ``overridden``: the dotted keys set by overrides (named so in the message).
+
+    Raises :class:`ParamsError` naming ``source`` and one line per refused key.
+    """
+    try:
+        clean = ParamsSchema.model_validate(data)
+    except ValidationError as exc:
+        seen: dict[str, str] = {}
+        for err in exc.errors():
+            key, text = _problem(err, overridden or set())
+            seen.setdefault(key, text)  # one line per key
+        raise ParamsError(source, list(seen.items())) from None
+    return _coerced(data, clean.model_dump())
+
+
+def _coerced(raw: Any, clean: Any) -> Any:
+    """``raw`` with every leaf that validation changed (a float string) replaced."""
+    if isinstance(raw, dict) and isinstance(clean, dict):
+        return {k: _coerced(v, clean[k]) if k in clean else v for k, v in raw.items()}
+    if isinstance(raw, list) and isinstance(clean, list) and len(raw) == len(clean):
+        return [_coerced(r, c) for r, c in zip(raw, clean, strict=True)]
+    return clean if isinstance(raw, str) and not isinstance(clean, str) else raw
