@@ -26,11 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from train_epoch import DATA, synthetic_dataset  # noqa: E402
+
 from dissect.backbones import load_backbone  # noqa: E402
 from dissect.data.osie import load_osie  # noqa: E402
 from dissect.readout import SaliencyReadout, _load_inputs  # noqa: E402
 from dissect.training import _Targets, nss_loss  # noqa: E402
-from train_epoch import DATA, synthetic_dataset  # noqa: E402
 
 
 def step(model, x, targets, ids, *, bf16: bool, channels_last: bool) -> torch.Tensor:

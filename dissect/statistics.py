@@ -537,6 +537,11 @@ def _layer_statistics(
     obs_top, n_units = topk_mean(m, k)
     obs_cnt = _count_above(m, threshold)
     n_used = np.bincount(labels, minlength=K)
+    # images holding each category's regions: with one, every image resample that has the
+    # category has it with the same regions, so the bootstrap has no spread to show and its
+    # zero-width interval would claim a certainty it does not have — no interval then
+    pairs = np.unique(np.stack([labels, images]), axis=1)
+    one_image = np.bincount(pairs[0], minlength=K) < 2
 
     rng_null, rng_boot = np.random.default_rng(seed).spawn(2)
     if n_null > 0:
@@ -598,6 +603,9 @@ def _layer_statistics(
             # reported excess (value − mean of all n_null relabellings): shift by the
             # difference of the two null means (0 when every relabelling is carried)
             e_lo, e_hi = e_lo + carried_obs - null_mean, e_hi + carried_obs - null_mean
+        lo, hi, e_lo, e_hi = (np.where(one_image, np.nan, v) for v in (lo, hi, e_lo, e_hi))
+        meth = ["one image" if one_image[j] and n_boot else meth[j] for j in range(K)]
+        e_meth = ["one image" if one_image[j] and n_boot else e_meth[j] for j in range(K)]
         if stat == "count_above_T":
             # a count lies in [0, number of units]: basic (2θ̂ − q) and BCa bounds can leave
             # that range (a count of 0 whose resamples reach 6 gives [−6, 0]); clip them to it,
@@ -716,7 +724,10 @@ def category_statistics(
 
     A resample without any region of a category gives NaN for *both* statistics of that
     category; it is left out of the interval (the interval is conditional on the category
-    being present) and counted in ``n_boot_missing``. ``ci_method`` and ``ci_level`` repeat the
+    being present) and counted in ``n_boot_missing``. A category whose regions all lie in one
+    image gets no interval (NaN, ``ci_used`` = ``"one image"``): every resample that has it has
+    the same regions, and the zero-width interval that would give is not a measure of
+    anything. ``ci_method`` and ``ci_level`` repeat the
     request; ``ci_used`` / ``excess_ci_used`` record the method actually used per row (the
     request, or ``"BC"``, ``"BCa undefined"``, ``"none"``: see :func:`bootstrap_interval`).
 

@@ -385,3 +385,27 @@ def test_count_intervals_stay_in_the_counts_range(method):
     assert not (cnt.excess_ci_low < -cnt.null_mean - 1e-12).any()
     assert not (cnt.excess_ci_high > n - cnt.null_mean + 1e-12).any()
     assert cnt.ci_low.notna().sum() >= 2
+
+
+def test_a_category_in_one_image_gets_no_interval_for_either_statistic():
+    """The issue's case: a one-region (here: one-image) category gave a zero-width interval.
+    Both statistics of it have none now, named; the other categories keep theirs."""
+    rng = np.random.default_rng(3)
+    images, labels = [], []
+    for i in range(20):
+        for c in ["person head", "text"]:
+            images.append(f"i{i:02d}")
+            labels.append(c)
+    images += ["i07", "i07"]  # two food regions, both in image i07
+    labels += ["food", "food"]
+    assoc = make_assoc(rng.normal(size=(12, len(labels))), images, labels)
+    df = category_statistics(assoc, k=3, n_null=10, n_boot=200, seed=1)
+    food = df[df.category == "food"]
+    assert len(food) == 2
+    bounds = food[["ci_low", "ci_high", "excess_ci_low", "excess_ci_high"]].to_numpy()
+    assert np.isnan(bounds).all()
+    assert set(food.ci_used) == set(food.excess_ci_used) == {"one image"}
+    assert np.isfinite(food.value).all() and (food.n_regions == 2).all()
+    other = df[df.category != "food"]
+    assert np.isfinite(other[["ci_low", "ci_high"]].to_numpy()).all()
+    assert (other.ci_high > other.ci_low).any()
