@@ -51,6 +51,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -228,6 +229,21 @@ def _write_pid(fd: int) -> None:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
+def _holder_pid(path: Path, wait: float = 1.0) -> str:
+    """The pid the lock's holder wrote into the lock file, or "?". The holder writes it right
+    after taking the lock: a process that lost the race may look before that, so it retries
+    for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            pid = path.read_text().strip()
+        except OSError:
+            pid = ""
+        if pid or time.monotonic() >= deadline:
+            return pid or "?"
+        time.sleep(0.02)
+
+
 def _acquire(store: Path) -> str:
     """Take (or, in the process that holds it, re-enter) the writer lock of ``store``; fail fast
     with a `DataError` naming the store and the holder's pid when another process holds it."""
@@ -244,10 +260,7 @@ def _acquire(store: Path) -> str:
                             on_acquired=_write_pid)
             lock.acquire()
         except Timeout:
-            try:
-                pid = path.read_text().strip() or "?"
-            except OSError:
-                pid = "?"
+            pid = _holder_pid(path)
             raise DataError(store, f"another process (pid {pid}) is writing this activation "
                                    f"cache (lock {path}); wait until it has finished and run "
                                    "again (the lock goes with its process)") from None

@@ -60,6 +60,11 @@ EXEMPT_MODULES = frozenset({"dissect.cli"})
 #: stage that reads it), so moving the same data elsewhere must not rerun anything
 EXEMPT_PARAMS = ("work", "results", "progress", "dask.scheduler",
                  "data.osie", "data.regions", "data.scenes", "data.split_file")
+#: reads that only refuse an invalid value before any work (key → (module file, function)):
+#: they cannot change what a stage computes, so a stage need not rerun when the key changes.
+#: ``dissect.stages.common.backbone`` refuses layer names the backbone lacks for every stage
+#: that loads it; training does not depend on which layers are analysed.
+VALIDATION_READS = {"backbone.layers": ("dissect/stages/common.py", "backbone")}
 
 
 # --------------------------------------------------------------------------- module closure
@@ -606,12 +611,34 @@ def declared_covers(declared: Iterable[str], key: str) -> bool:
     return any(key == d or key.startswith(d + ".") for d in declared)
 
 
+def _function_lines(file: str, function: str, root: Path = ROOT) -> range:
+    """Line range of a module-level function of ``root/file``."""
+    tree = ast.parse((root / file).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return range(node.lineno, (node.end_lineno or node.lineno) + 1)
+    raise LookupError(f"no function {function} in {file}")
+
+
+def validation_only(key: str, where: Iterable[str],
+                    validation: dict[str, tuple[str, str]] = VALIDATION_READS) -> bool:
+    """Every read of ``key`` happened inside the function that only validates it."""
+    if key not in validation:
+        return False
+    file, function = validation[key]
+    lines = _function_lines(file, function)
+    places = [w.rpartition(":") for w in where]
+    return bool(places) and all(f == file and int(n) in lines for f, _, n in places)
+
+
 def uncovered_params(reads: Reads, declared: Iterable[str],
                      exempt: Iterable[str] = EXEMPT_PARAMS) -> dict[str, list[str]]:
-    """Keys read but neither declared nor exempt → where they were read."""
+    """Keys read but neither declared nor exempt (nor only validated,
+    :data:`VALIDATION_READS`) → where they were read."""
     declared = list(declared)
     return {key: sorted(where) for key, where in sorted(reads.keys.items())
-            if not is_exempt(key, exempt) and not declared_covers(declared, key)}
+            if not is_exempt(key, exempt) and not declared_covers(declared, key)
+            and not validation_only(key, where)}
 
 
 # --------------------------------------------------------------------------- command line

@@ -122,6 +122,25 @@ def test_every_params_key_a_stage_reads_is_in_its_dvc_params(chain):
                          "params:\n" + "\n".join(missing))
 
 
+def test_every_params_key_is_read_by_some_stage(chain):
+    """No dead knob (issue 11, "every key is actually used or removed"): every leaf key of
+    pipelines/params.yaml, as a full dotted key, is read by at least one stage of the chain."""
+    import yaml
+
+    def leaves(node, prefix=""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix[:-1]
+
+    raw = yaml.safe_load((load_params().base / "params.yaml").read_text())
+    read = set().union(*(set(r.keys) for r in chain.recorded.by_stage.values()))
+    unread = sorted(k for k in leaves(raw)
+                    if not any(k == r or k.startswith(r + ".") for r in read))
+    assert not unread, f"params keys no stage reads: {unread}"
+
+
 def test_every_import_a_stage_performs_is_in_its_closure(chain):
     """Independent check of the static closure (tests/stage_deps.py): every dissect import the
     stage really performed, function-level ones included, is one the scan found."""

@@ -330,6 +330,25 @@ def test_uncovered_params_hand_case():
         "dask.chunk_images", "data.max_images", "train.ks"]
 
 
+def test_only_a_validation_read_of_a_listed_key_is_exempt():
+    """``backbone.layers`` read inside ``common.backbone`` (which only refuses unknown names) is
+    exempt; read anywhere else, or another key read there, is not."""
+    from stage_deps import _function_lines
+
+    lines = _function_lines("dissect/stages/common.py", "backbone")
+    inside = f"dissect/stages/common.py:{lines[-1]}"
+    outside = f"dissect/stages/common.py:{lines[0] - 1}"
+    for key, places, exempt in (("backbone.layers", [inside], True),
+                                ("backbone.layers", [inside, "dissect/stages/extract.py:9"],
+                                 False),
+                                ("backbone.layers", [outside], False),
+                                ("backbone.name", [inside], False)):
+        reads = Reads()
+        for where in places:
+            reads.add(key, where)
+        assert (key not in uncovered_params(reads, [])) == exempt, (key, places)
+
+
 def test_popout_arrays_reads_only_declared_params(tmp_path):
     """A real stage cheap enough to run here (no OSIE needed); the chain test covers the rest."""
     from dissect.stages.popout import run_popout_arrays

@@ -14,10 +14,11 @@ import pytest
 import xarray as xr
 import yaml
 
-from dissect.association import save_associations
+from dissect.association import load_associations, save_associations
 from dissect.config import load_params
 from dissect.stages import common
-from dissect.stages.statistics import run_statistics
+from dissect.stages.statistics import run_statistics, statistics_kwargs
+from dissect.statistics import category_statistics
 
 CATS = ["person head", "text", "food", "vehicle"]
 pytestmark = pytest.mark.filterwarnings("ignore:The data type")
@@ -159,10 +160,20 @@ def test_table7_per_seed_pairs_each_training_seed_with_its_scene_seed(tmp_path):
         k1 = tidy[(tidy.model == "k1") & (tidy.seed == seed) & (tidy.layer == "head")]
         k1 = k1.set_index(["category", "stat"]).value
         pd.testing.assert_series_equal(sp.sort_index(), k1.sort_index(), check_names=False)
-    # pt is the same in every seed; sr differs (another scene model per seed)
+    # pt is the same in every seed; sr is the scene model paired with the seed (scene seed
+    # 10 + seed here), its statistics computed with the same settings
     pt = t7[t7.model == "pt"].pivot_table(index=["category", "stat"], columns="seed",
                                           values="value")
     assert (pt.nunique(axis=1) == 1).all()
+    kw = statistics_kwargs(params)
+    for seed in (0, 1, 2):
+        assert set(t7.loc[t7.seed == seed, "scene_seed"]) == {10 + seed}
+        own = category_statistics(load_associations(
+            common.scene_dir(params, 10 + seed) / "assoc_sr.zarr", ["head"]), **kw)
+        sr = t7[(t7.seed == seed) & (t7.model == "sr")].set_index(["category", "stat"]).value
+        pd.testing.assert_series_equal(sr.sort_index(),
+                                       own.set_index(["category", "stat"]).value.sort_index(),
+                                       check_names=False)
     tests = pd.read_csv(task / "task_permutation_test.csv")
     assert len(tests) == 3 * 2 and set(tests.seed) == {0, 1, 2}
     agree = pd.read_csv(task / "task_permutation_agreement.csv", keep_default_na=False)

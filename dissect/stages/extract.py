@@ -34,17 +34,20 @@ def extract_store(params: Params, dataset, backbone, layers, store: Path) -> Pat
     except StaleCacheError as exc:  # the stage's inputs changed: rebuild, and say so
         log.warning("%s; rebuilding it", exc)
         plan = prepare_cache(dataset, backbone, list(layers), store, overwrite=True, **kw)
-    pending = plan.pending()
-    log.info("%s: %d of %d batches to compute", store.name, len(pending), plan.n_batches)
-    tasks = [dask.delayed(extract_batch)(plan, b, dataset, backbone, force=True) for b in pending]
-    with common.scheduler(params) as client:
-        # locally two threads: a model lock serialises the forward passes (torch already uses
-        # every core), so one batch's float16 cast and Zarr writes overlap the next batch's
-        # forward (bench/extraction_overhead.py: 1.03-1.08x a bare loop on 200 images, 1.68x
-        # with one thread)
-        kw = {} if client is not None else {"scheduler": "threads", "num_workers": 2}
-        with TqdmCallback(desc=f"extract {store.stem}", disable=not common.progress(params)):
-            dask.compute(*tasks, **kw)
+    with plan:  # the store's writer lock is held until every batch is written
+        pending = plan.pending()
+        log.info("%s: %d of %d batches to compute", store.name, len(pending), plan.n_batches)
+        tasks = [dask.delayed(extract_batch)(plan, b, dataset, backbone, force=True)
+                 for b in pending]
+        with common.scheduler(params) as client:
+            # locally two threads: a model lock serialises the forward passes (torch already
+            # uses every core), so one batch's float16 cast and Zarr writes overlap the next
+            # batch's forward (bench/extraction_overhead.py: 1.03-1.08x a bare loop on 200
+            # images, 1.68x with one thread)
+            kw = {} if client is not None else {"scheduler": "threads", "num_workers": 2}
+            with TqdmCallback(desc=f"extract {store.stem}",
+                              disable=not common.progress(params)):
+                dask.compute(*tasks, **kw)
     return store
 
 

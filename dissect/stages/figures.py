@@ -224,7 +224,7 @@ def paper_figures(params: Params, out_dir: Path, recorded: dict | None = None) -
         save(training_curves(curves, title="Saliency readouts: training loss (−NSS) and "
                                            "validation NSS"), "training_curves.png")
     scene_seed = common.scene_seeds(params)[0]
-    if (common.scene_dir(params, scene_seed) / "model.pt").is_file():
+    if (params.work / "scene" / common.seed_label(scene_seed) / "model.pt").is_file():
         sp_name = common.sp_model(params)
         if recorded is not None:
             recorded["sp_model"] = sp_name
@@ -316,7 +316,7 @@ def _task_maps(params: Params, sp_name: str):
     layer = params["backbone"]["layers"][-1]
     base = common.backbone(params)
     seed, scene_seed = common.seeds(params)[0], common.scene_seeds(params)[0]
-    scene_path = common.scene_dir(params, scene_seed) / "model.pt"
+    scene_path = params.work / "scene" / common.seed_label(scene_seed) / "model.pt"
     trunks = {"pt": base, "sr": load_scene_model(scene_path, base).trunk_backbone()}
     sp = _readout(params, sp_name)
     if sp is not None:

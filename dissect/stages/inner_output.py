@@ -90,10 +90,7 @@ def run_inner_output(params: Params) -> None:
                           ["model"], "excess_significant")[
                     ["model", "n_excess_significant", "seeds_excess_significant"]],
                 on="model"),
-            "anova_seeds": agreement(
-                anova[anova["p_value"].notna()].assign(
-                    significant=lambda d: d["p_value"] < 0.05),
-                ["model", "test", "term"], "significant"),
+            "anova_seeds": anova_agreement(anova),
             "tukey_hsd_seeds": agreement(tukey.assign(reject=tukey["reject"].astype(bool)),
                                          ["model", "group1", "group2"], "reject"),
             "readout_performance_seeds": spread(out_tables["readout_performance"], ["model"],
@@ -124,6 +121,20 @@ SEED_CAPTIONS = {
         "Held-out NSS / CC / AUC-Judd of each readout over the training seeds (mean ± sd, "
         "min–max). Per seed: `readout_performance.csv`."),
 }
+
+
+def anova_agreement(anova: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, test, term) of the per-seed ANOVA tables (residual rows are not tests): in
+    how many seeds p < 0.05, and in how many the test was undefined (``n_undefined``: NaN p,
+    counted as not significant, never dropped)."""
+    from dissect.seeds import agreement
+
+    tests = anova[anova["term"].astype(str) != "Residual"]
+    out = agreement(tests.assign(significant=tests["p_value"] < 0.05),
+                    ["model", "test", "term"], "significant")
+    undefined = tests.assign(u=tests["p_value"].isna()).groupby(
+        ["model", "test", "term"], sort=False)["u"].sum().rename("n_undefined").reset_index()
+    return out.merge(undefined, on=["model", "test", "term"], how="left")
 
 
 def _seed_first(df: pd.DataFrame) -> pd.DataFrame:

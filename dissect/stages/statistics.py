@@ -16,8 +16,8 @@ Outputs (``top`` = ``f"top{stats.top_k}_mean"``), each folder written through
   ``table3_seed_anova``; ``fig4_improvement`` (per seed), ``fig4_improvement_summary``;
   ``finetuning_conclusions`` (the study's readings, seed by seed).
 * ``results/tables/task/``: per training seed (the i-th scene seed paired with the i-th training
-  seed), ``table7_task_statistics.csv`` (tidy, ``seed`` column) with
-  ``table7_task_statistics.md`` (the pivot of the first seed: categories × statistic · model),
+  seed), ``table7_task_statistics.csv`` (tidy, ``seed`` and ``scene_seed`` columns) with
+  ``table7_task_statistics.md`` (the pivot over seeds: statistic · model × categories),
   ``table7_seed_summary`` (sp and sr over seeds), ``task_permutation_test.{csv,md}`` (per seed)
   and its agreement over seeds.
 """
@@ -97,14 +97,15 @@ def run_statistics(params: Params) -> pd.DataFrame:
         with common.replacing(common.results(params, "tables", "statistics")) as out:
             write_statistics_tables(stats, out, top=top, last=last, kw=kw)
 
-        srs = {seed: common.scene_dir(params, sc) / "assoc_sr.zarr"
-               for seed, sc in zip(seeds, common.scene_seeds(params), strict=True)}
+        pairs = dict(zip(seeds, common.scene_seeds(params), strict=True))
+        srs = {seed: params.work / "scene" / common.seed_label(sc) / "assoc_sr.zarr"
+               for seed, sc in pairs.items()}
         task = params.results / "tables" / "task"
         if all(p.exists() for p in srs.values()):
             sp = common.sp_model(params)
             recorded["sp_model"] = sp
             t7, tests = task_tables(stats, {s: load_associations(p, [last]) for s, p in
-                                            srs.items()}, sp, kw)
+                                            srs.items()}, sp, kw, scene_seeds=pairs)
             with common.replacing(common.results(params, "tables", "task")) as out:
                 write_task_tables(t7, tests, out, kw=kw, sp=sp)
         elif task.exists():
@@ -117,21 +118,24 @@ def run_statistics(params: Params) -> pd.DataFrame:
     return stats
 
 
-def task_tables(stats: pd.DataFrame, sr: dict[int, dict], sp: str, kw: dict) -> tuple[
-        pd.DataFrame, pd.DataFrame]:
+def task_tables(stats: pd.DataFrame, sr: dict[int, dict], sp: str, kw: dict, *,
+                scene_seeds: dict[int, int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 7 and its paired test for every training seed: the seed's sp readout against the
-    scene model paired with it (``sr[seed]``); both tables get a ``seed`` column."""
+    scene model paired with it (``sr[seed]``, trained with ``scene_seeds[seed]``); both tables
+    get ``seed`` and ``scene_seed`` columns."""
     from dissect.task_compare import task_statistics
 
     t7s, tests = [], []
     for seed, assoc in sr.items():
         rows = stats[(stats["model"] == "pt") | (stats["seed"] == seed)]
         t7, test = task_statistics(rows, assoc, sp, **kw)
-        t7s.append(t7.assign(seed=seed))
-        tests.append(test.assign(seed=seed))
+        pair = {"seed": seed, "scene_seed": (scene_seeds or {}).get(seed, pd.NA)}
+        t7s.append(t7.assign(**pair))
+        tests.append(test.assign(**pair))
 
     def seed_first(df: pd.DataFrame) -> pd.DataFrame:
-        return df[["seed", *[c for c in df.columns if c != "seed"]]]
+        first = ["seed", "scene_seed"]
+        return df[[*first, *[c for c in df.columns if c not in first]]]
 
     return (seed_first(pd.concat(t7s, ignore_index=True)),
             seed_first(pd.concat(tests, ignore_index=True)))
