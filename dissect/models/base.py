@@ -225,9 +225,9 @@ _REGISTRY: dict[str, ModelFactory] = {}
 #: Live view of the registered model names (after :func:`load_model` imported the built-ins).
 MODEL_NAMES: KeysView[str] = _REGISTRY.keys()
 
-#: Modules whose ``@register_model`` decorators :func:`load_model` runs on first use. The lead
-#: wires the classical models, readouts, DeepGaze, … by adding their modules here.
-BUILTIN_MODULES: list[str] = ["dissect.models.baselines"]
+#: Modules whose ``@register_model`` decorators :func:`load_model` runs on first use: the
+#: baselines, and the classical models and the readout (:mod:`dissect.models.builtin`).
+BUILTIN_MODULES: list[str] = ["dissect.models.baselines", "dissect.models.builtin"]
 _loaded_builtins = False
 
 
