@@ -432,6 +432,8 @@ def evaluate_models(
     if missing:
         raise DataError("evaluate", f"{len(missing)} image id(s) not in the dataset: "
                                     f"{missing[:5]}")
+    for i in ids:  # every image needs fixations: say which one has none before any scoring
+        _image_points(dataset, i, drop_first)
     step = len(ids) if chunk_size is None else int(chunk_size)
     if step < 1:
         raise DataError("chunk_size", f"must be ≥ 1, got {chunk_size}")
