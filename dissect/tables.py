@@ -23,6 +23,7 @@ Markdown is written by :func:`markdown_table` (pipe tables; ``tabulate`` is not 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -323,16 +324,33 @@ def _single(df: pd.DataFrame, col: str) -> Any:
 
 
 def format_seed_cell(mean: float, sd: float, lo: float, hi: float, n_sig: int, n: int,
-                     digits: int = 2) -> str:
+                     digits: int = 2, signed: bool = False) -> str:
     """``"1.13 ± 0.05 [1.08, 1.19] 3/3"``: mean over seeds ± sd, [min, max] over seeds, and
-    in how many of the seeds the permutation test was significant. One seed: ``"1.13 1/1"``."""
+    in how many of the seeds the permutation test was significant (or whatever count the
+    caller gives). One seed: ``"1.13 1/1"``. ``signed``: mean, min and max with their sign
+    (``"+12 ± 5 [+6, +17] 3/3"``)."""
     if not np.isfinite(mean):
         return ""
-    f = f"{{:.{digits}f}}"
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
     if n < 2:
         return f"{f.format(mean)} {n_sig}/{n}"
-    return (f"{f.format(mean)} ± {f.format(sd)} [{f.format(lo)}, {f.format(hi)}] "
+    return (f"{f.format(mean)} ± {sd:.{digits}f} [{f.format(lo)}, {f.format(hi)}] "
             f"{n_sig}/{n}")
+
+
+def _models_by_category(df: pd.DataFrame, text: list[str],
+                        order: list[str] | None) -> pd.DataFrame:
+    """Models (rows: ``order``, else order of appearance; absent ones left out) × categories
+    (:data:`NAMES` order, others after) of the cell texts ``text`` (one per row of ``df``)."""
+    wide = df.assign(cell=text).pivot(index="model", columns="category", values="cell")
+    rows = order or [str(m) for m in pd.unique(df["model"])]
+    cats = [c for c in NAMES if c in wide.columns] + [c for c in wide.columns if c not in NAMES]
+    return wide.reindex(index=[r for r in rows if r in wide.index], columns=cats).fillna("")
+
+
+def columns_first(df: pd.DataFrame, first: Sequence[str]) -> pd.DataFrame:
+    """``df`` with the columns ``first`` (in that order) before all others (e.g. ``seed``)."""
+    return df[[*first, *[c for c in df.columns if c not in first]]]
 
 
 def pivot_seeds(
@@ -357,10 +375,7 @@ def pivot_seeds(
     text = [format_seed_cell(r[f"{cells}_mean"], r[f"{cells}_sd"], r[f"{cells}_min"],
                              r[f"{cells}_max"], int(r["n_significant"]), int(r["n_seeds"]), d)
             for _, r in df.iterrows()]
-    wide = df.assign(cell=text).pivot(index="model", columns="category", values="cell")
-    rows = order or [str(m) for m in pd.unique(df["model"])]
-    cats = [c for c in NAMES if c in wide.columns] + [c for c in wide.columns if c not in NAMES]
-    return wide.reindex(index=[r for r in rows if r in wide.index], columns=cats).fillna("")
+    return _models_by_category(df, text, order)
 
 
 def pivot_improvement_seeds(summary: pd.DataFrame, *, order: list[str] | None = None,
@@ -373,20 +388,9 @@ def pivot_improvement_seeds(summary: pd.DataFrame, *, order: list[str] | None = 
         raise DataError("pivot_improvement_seeds",
                         f"table lacks columns {sorted(need - set(summary.columns))}")
     count = "n_improved" if column == "improvement_pct" else "n_excess_improved"
-
-    def cell(r: pd.Series) -> str:
-        m, sd = r[f"{column}_mean"], r[f"{column}_sd"]
-        if not np.isfinite(m):
-            return ""
-        n = int(r["n_seeds"])
-        if n < 2:
-            return f"{m:+.0f} {int(r[count])}/{n}"
-        return (f"{m:+.0f} ± {sd:.0f} [{r[f'{column}_min']:+.0f}, {r[f'{column}_max']:+.0f}] "
-                f"{int(r[count])}/{n}")
-
-    wide = summary.assign(cell=summary.apply(cell, axis=1)).pivot(
-        index="model", columns="category", values="cell")
-    rows = order or [str(m) for m in pd.unique(summary["model"])]
-    cats = [c for c in NAMES if c in wide.columns] + [c for c in wide.columns if c not in NAMES]
-    return wide.reindex(index=[r for r in rows if r in wide.index], columns=cats).fillna("")
+    text = [format_seed_cell(r[f"{column}_mean"], r[f"{column}_sd"], r[f"{column}_min"],
+                             r[f"{column}_max"], int(r[count]), int(r["n_seeds"]), 0,
+                             signed=True)
+            for _, r in summary.iterrows()]
+    return _models_by_category(summary, text, order)
 

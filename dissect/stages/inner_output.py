@@ -35,7 +35,7 @@ def run_inner_output(params: Params) -> None:
     from dissect.inner_output import inner_output_tables, readout_performance, region_output_table
     from dissect.readout import load_readout
     from dissect.seeds import agreement, spread
-    from dissect.tables import write_table
+    from dissect.tables import columns_first, write_table
 
     k_top = int(params["stats"]["top_k"])
     last = params["backbone"]["layers"][-1]
@@ -74,7 +74,7 @@ def run_inner_output(params: Params) -> None:
                              ("readout_performance", readout_performance(perf)),
                              ("region_output", region_table)):
                 parts.setdefault(name, []).append(df.assign(seed=seed))
-        out_tables = {name: _seed_first(pd.concat(frames, ignore_index=True))
+        out_tables = {name: columns_first(pd.concat(frames, ignore_index=True), ["seed"])
                       for name, frames in parts.items()}
         region_table = out_tables.pop("region_output")
         spear = out_tables["inner_output_spearman"]
@@ -136,6 +136,3 @@ def anova_agreement(anova: pd.DataFrame) -> pd.DataFrame:
         ["model", "test", "term"], sort=False)["u"].sum().rename("n_undefined").reset_index()
     return out.merge(undefined, on=["model", "test", "term"], how="left")
 
-
-def _seed_first(df: pd.DataFrame) -> pd.DataFrame:
-    return df[["seed", *[c for c in df.columns if c != "seed"]]]

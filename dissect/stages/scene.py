@@ -58,7 +58,7 @@ def run_scene(params: Params) -> None:
 
     from dissect.data.scenes import load_scenes
     from dissect.figures import confusion, save_figure
-    from dissect.tables import write_table
+    from dissect.tables import columns_first, write_table
     from dissect.training import split_train_val
 
     sc = params["scene"]
@@ -101,9 +101,7 @@ def run_scene(params: Params) -> None:
                     "accuracy": float(out["scene_accuracy"]["accuracy"].iloc[0])}
             for name, frames in parts.items():
                 df = pd.concat(frames, ignore_index=True)
-                write_table(df[["seed", "scene_seed", *[c for c in df.columns
-                                                        if c not in ("seed", "scene_seed")]]],
-                            tables_dir / name)
+                write_table(columns_first(df, ["seed", "scene_seed"]), tables_dir / name)
             fig = confusion(cm_first, normalize=True)
             fig.axes[0].set_title(f"{fig.axes[0].get_title()} (training seed {pairs[0][0]}, "
                                   f"scene seed {pairs[0][1]})".strip())

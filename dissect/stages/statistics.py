@@ -123,6 +123,7 @@ def task_tables(stats: pd.DataFrame, sr: dict[int, dict], sp: str, kw: dict, *,
     """Table 7 and its paired test for every training seed: the seed's sp readout against the
     scene model paired with it (``sr[seed]``, trained with ``scene_seeds[seed]``); both tables
     get ``seed`` and ``scene_seed`` columns."""
+    from dissect.tables import columns_first
     from dissect.task_compare import task_statistics
 
     t7s, tests = [], []
@@ -133,12 +134,9 @@ def task_tables(stats: pd.DataFrame, sr: dict[int, dict], sp: str, kw: dict, *,
         t7s.append(t7.assign(**pair))
         tests.append(test.assign(**pair))
 
-    def seed_first(df: pd.DataFrame) -> pd.DataFrame:
-        first = ["seed", "scene_seed"]
-        return df[[*first, *[c for c in df.columns if c not in first]]]
-
-    return (seed_first(pd.concat(t7s, ignore_index=True)),
-            seed_first(pd.concat(tests, ignore_index=True)))
+    first = ["seed", "scene_seed"]
+    return (columns_first(pd.concat(t7s, ignore_index=True), first),
+            columns_first(pd.concat(tests, ignore_index=True), first))
 
 
 def _labelled(df: pd.DataFrame) -> pd.DataFrame:
