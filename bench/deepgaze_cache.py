@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dissect.backbones import load_backbone  # noqa: E402
-from dissect.capture import LayerCapture, Preprocess  # noqa: E402
+from dissect.capture import LayerCapture  # noqa: E402
 from dissect.models.deepgaze import to_grid, train_deepgaze  # noqa: E402
+from dissect.preprocess import Preprocess  # noqa: E402
 
 OSIE = ROOT.parent / "shared" / "data" / "osie"
 DEFAULT_LAYERS = ["block12", "block13", "block14", "block15", "head"]

@@ -30,7 +30,7 @@ from train_epoch import DATA, synthetic_dataset  # noqa: E402
 
 from dissect.backbones import load_backbone  # noqa: E402
 from dissect.data.osie import load_osie  # noqa: E402
-from dissect.readout import SaliencyReadout, _load_inputs  # noqa: E402
+from dissect.models.readout import SaliencyReadout, _load_inputs  # noqa: E402
 from dissect.training import _Targets, nss_loss  # noqa: E402
 
 

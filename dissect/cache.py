@@ -70,8 +70,9 @@ from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from dissect.backbones import Backbone
-from dissect.capture import ClassLogit, LayerCapture, Preprocess, class_logit, top1_logit
+from dissect.capture import ClassLogit, LayerCapture, class_logit, top1_logit
 from dissect.errors import DataError, StaleCacheError
+from dissect.preprocess import Preprocess
 from dissect.provenance import hash_files
 
 log = logging.getLogger("dissect.cache")
@@ -133,7 +134,7 @@ def _sha(text: str, n: int = 16) -> str:
 
 
 #: the modules whose code computes what a store holds (relative to the package)
-COMPUTING_MODULES = ("backbones.py", "capture.py", "cache.py")
+COMPUTING_MODULES = ("backbones.py", "preprocess.py", "capture.py", "cache.py")
 
 
 def code_hash() -> str:

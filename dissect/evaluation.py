@@ -9,7 +9,11 @@ Per image (:func:`score_image`) a model is scored by
   empirical fixation density :func:`dissect.data.maps.density_map` (the binary fixation map
   blurred with σ = ``gt_sigma_px`` = ``gt.sigma_deg × gt.px_per_degree``, OSIE's convention).
   sAUC's negatives are the fixations of the *other* images (:func:`other_fixations`); KLD is
-  ``KL(fixation density ‖ map)`` (:func:`dissect.metrics.kld`);
+  ``KL(fixation density ‖ map)`` (:func:`dissect.metrics.kld`), which needs a non-negative map:
+  a map with negative values (the He et al. readout's linear 1×1 output) is shifted to minimum 0
+  for KLD only (SIM min–max normalises every map itself; NSS, CC and the AUCs are invariant to
+  the shift). ``conventions`` (``"dissect"`` | ``"mit"``) selects the metrics' conventions
+  (:mod:`dissect.metrics`, docs/metrics.md);
 * for probabilistic models only, the **log-likelihood** (bits/fixation over the pixel-uniform
   model) and the **information gain over the centre bias** (bits/fixation), Kümmerer, Wallis &
   Bethge (2015, PNAS 112:16054), from :func:`dissect.scoring.fixation_log_densities` (the gold
@@ -195,6 +199,7 @@ def score_image(
     rng: np.random.Generator | int | None = None,
     drop_first: bool = True,
     auc_borji_splits: int = 100,
+    conventions: str = "dissect",
     name: str | None = None,
     _density: NDArray[np.float64] | None = None,
     _bits_centre: NDArray[np.float64] | None = None,
@@ -226,14 +231,17 @@ def score_image(
     if sauc_negatives is None:
         sauc_negatives = other_fixations(dataset, image_id, dataset.ids, drop_first=drop_first)
     out: dict[str, Any] = {"model": name, "image": image_id, "n_fixations": int(len(pts))}
-    out["nss"] = _metric(src, "nss", nss, smap, pts)
-    out["cc"] = _metric(src, "cc", cc, smap, dens)
-    out["sim"] = _metric(src, "sim", sim, smap, dens)
-    out["kld"] = _metric(src, "kld", kld, smap, dens)
-    out["auc_judd"] = _metric(src, "auc_judd", auc_judd, smap, pts)
+    out["nss"] = _metric(src, "nss", nss, smap, pts, conventions=conventions)
+    out["cc"] = _metric(src, "cc", cc, smap, dens, conventions=conventions)
+    out["sim"] = _metric(src, "sim", sim, smap, dens, conventions=conventions)
+    # KLD needs a non-negative map (mass): a map with negative values (a readout's linear
+    # output) is shifted to minimum 0 first — documented in the module docstring
+    kmap = smap - smap.min() if smap.min() < 0 else smap
+    out["kld"] = _metric(src, "kld", kld, kmap, dens, conventions=conventions)
+    out["auc_judd"] = _metric(src, "auc_judd", auc_judd, smap, pts, conventions=conventions)
     out["auc_borji"] = _metric(src, "auc_borji", auc_borji, smap, pts,
-                               n_splits=auc_borji_splits, rng=rng)
-    out["sauc"] = _metric(src, "sauc", sauc, smap, pts, sauc_negatives)
+                               n_splits=auc_borji_splits, rng=rng, conventions=conventions)
+    out["sauc"] = _metric(src, "sauc", sauc, smap, pts, sauc_negatives, conventions=conventions)
     if isinstance(model, ProbabilisticModel) or gold is not None:
         rows = dataset.fixations_of(image_id, drop_first=drop_first)
         if _bits_centre is None:
@@ -265,6 +273,7 @@ def score_chunk(
     drop_first: bool = True,
     load_images: bool = True,
     auc_borji_splits: int = 100,
+    conventions: str = "dissect",
 ) -> pd.DataFrame:
     """Score every model on the images ``image_ids`` (one chunk): a pure function, one row per
     (model, image) with the columns of :func:`score_image` (``ll_sum`` / ``ig_sum`` NaN for
@@ -288,7 +297,8 @@ def score_chunk(
                 model, stim, dataset, centre_bias=centre_bias, gold=gold,
                 gt_sigma_px=gt_sigma_px, sauc_negatives=neg,
                 rng=np.random.default_rng(image_seed(seed, image_id)), drop_first=drop_first,
-                auc_borji_splits=auc_borji_splits, name=str(label), _density=dens,
+                auc_borji_splits=auc_borji_splits, conventions=conventions, name=str(label),
+                _density=dens,
                 _bits_centre=bits_c, _bits_gold=bits_g,
             ))
     cols = (["model", "image", "n_fixations", *IMAGE_METRICS, *FIXATION_METRICS, "ll_sum",
@@ -406,6 +416,7 @@ def evaluate_models(
     load_images: bool = True,
     auc_borji_splits: int = 100,
     chunk_size: int | None = None,
+    conventions: str = "dissect",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score ``models`` (label → model; the label names it in the tables) on ``image_ids``.
 
@@ -442,7 +453,7 @@ def evaluate_models(
         score_chunk(models, dataset, c, centre_bias=centre_bias, gold=gold,
                     gt_sigma_px=gt_sigma_px, negative_pool=ids, seed=seed,
                     drop_first=drop_first, load_images=load_images,
-                    auc_borji_splits=auc_borji_splits)
+                    auc_borji_splits=auc_borji_splits, conventions=conventions)
         for c in chunks
     ], ignore_index=True)
     summary = summarise(records, n_boot=n_boot, seed=seed, level=level, method=ci_method)

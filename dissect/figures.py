@@ -1217,3 +1217,112 @@ def task_maps(
     if title:
         fig.suptitle(title)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# models: DeepGaze I layer comparison, what its readout picked, the leaderboard
+
+
+@_styled
+def deepgaze_layer_figure(table: pd.DataFrame, chosen: str | None = None) -> Figure:
+    """DeepGaze I layer comparison: information gain over the centre bias (bits/fixation) of
+    the readout on each layer alone and on each layer with every deeper one, on the validation
+    slice and on the held-out images. ``table``: the deepgaze stage's ``layer_comparison``
+    (columns ``layers, kind, val_information_gain, heldout_information_gain``); ``chosen``:
+    the set picked on validation, outlined."""
+    source = "DeepGaze layer comparison"
+    df = _require_columns(table, ["layers", "kind", "val_information_gain",
+                                  "heldout_information_gain"], source)
+    fig = _new_figure(7.2, 3.0)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, kind in zip(axes, ("single", "and above"), strict=True):
+        part = df[df["kind"] == kind]
+        x = np.arange(len(part))
+        for dx, col, label, color in ((-0.2, "val_information_gain", "validation", "0.6"),
+                                      (0.2, "heldout_information_gain", "held-out", "C0")):
+            bars = ax.bar(x + dx, part[col].astype(float), width=0.4, color=color, label=label)
+            for b, name in zip(bars, part["layers"], strict=True):
+                if name == chosen:
+                    b.set_edgecolor("k")
+                    b.set_linewidth(1.5)
+        ax.set_xticks(x, [str(v) for v in part["layers"]], rotation=60, ha="right")
+        ax.set_title("each layer alone" if kind == "single" else "layer and every deeper one")
+        ax.axhline(0, color="0.3", lw=0.6)
+    axes[0].set_ylabel("IG over centre bias (bits/fix)")
+    axes[1].legend(frameon=False, fontsize=7)
+    if chosen:
+        _note(fig, f"outlined: {chosen}, the best on validation (the committed model)")
+    return fig
+
+
+@_styled
+def picked_selectivity_figure(sel: pd.DataFrame, title: str | None = None) -> Figure:
+    """Per category: the mean region NSS (Eq. 1) of the units a readout picked (largest
+    weights) against all its units, with the 95 % band of random unit sets of the same size.
+    ``sel``: :func:`dissect.picked_units.picked_selectivity`."""
+    source = "picked-unit selectivity"
+    df = _require_columns(sel, ["category", "picked_mean", "all_mean", "null_low", "null_high",
+                                "p_value"], source)
+    fig = _new_figure(7.2, 3.0)
+    ax = fig.subplots()
+    x = np.arange(len(df))
+    ax.bar(x - 0.2, df["picked_mean"].astype(float), width=0.4, color="C3", label="picked units")
+    ax.bar(x + 0.2, df["all_mean"].astype(float), width=0.4, color="0.6", label="all units")
+    ax.errorbar(x - 0.2, (df["null_low"] + df["null_high"]).astype(float) / 2,
+                yerr=(df["null_high"] - df["null_low"]).astype(float) / 2, fmt="none",
+                ecolor="k", elinewidth=0.8, capsize=2, label="random sets, 95%")
+    for xi, (m, p) in enumerate(zip(df["picked_mean"], df["p_value"], strict=True)):
+        if np.isfinite(p) and p < 0.05:
+            ax.text(xi - 0.2, float(m), "*", ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(x, [str(c) for c in df["category"]], rotation=60, ha="right")
+    ax.set_ylabel("mean region NSS of the units")
+    ax.axhline(0, color="0.3", lw=0.6)
+    ax.legend(frameon=False, fontsize=7)
+    if title:
+        ax.set_title(title)
+    _note(fig, "* permutation p < 0.05 (picked units more selective than random sets)")
+    return fig
+
+
+METRIC_TITLES: dict[str, str] = {
+    "ig_explained": "IG explained", "information_gain": "IG (bits/fix)",
+    "log_likelihood": "LL (bits/fix)", "nss": "NSS", "cc": "CC", "sim": "SIM", "kld": "KLD",
+    "auc_judd": "AUC-Judd", "auc_borji": "AUC-Borji", "sauc": "sAUC",
+}
+
+
+@_styled
+def leaderboard_figure(summary: pd.DataFrame, metrics: Sequence[str] = ("ig_explained", "nss",
+                                                                          "auc_judd", "cc"),
+                       order: Sequence[str] | None = None) -> Figure:
+    """The scorecard: one panel per metric, one horizontal bar per model with its image-
+    bootstrap interval. ``summary``: :func:`dissect.evaluation.summarise` (``model, metric,
+    value, ci_low, ci_high``); ``order``: model order top to bottom (default the summary's)."""
+    source = "leaderboard"
+    df = _require_columns(summary, ["model", "metric", "value", "ci_low", "ci_high"], source)
+    models = list(order) if order is not None else _first_seen(df["model"])
+    metrics = [m for m in metrics if m in set(df["metric"])]
+    if not metrics:
+        raise DataError(source, "none of the requested metrics is in the summary")
+    fig = _new_figure(2.3 * len(metrics) + 1.2, 0.22 * len(models) + 1.0)
+    axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
+    y = np.arange(len(models))
+    for ax, metric in zip(axes, metrics, strict=True):
+        part = df[df["metric"] == metric].set_index("model").reindex(models)
+        v = part["value"].astype(float).to_numpy()
+        lo = part["ci_low"].astype(float).to_numpy()
+        hi = part["ci_high"].astype(float).to_numpy()
+        colors = ["0.5" if m in ("uniform", "centre_bias", "gold_standard") else
+                  "C1" if m.startswith("readout") else "C3" if m.startswith("deepgaze") else "C0"
+                  for m in models]
+        ax.barh(y, np.nan_to_num(v), color=colors)
+        ok = np.isfinite(v) & np.isfinite(lo) & np.isfinite(hi)
+        ax.errorbar(v[ok], y[ok], xerr=[v[ok] - lo[ok], hi[ok] - v[ok]], fmt="none",
+                    ecolor="k", elinewidth=0.7, capsize=1.5)
+        ax.set_title(METRIC_TITLES.get(metric, metric))
+        ax.axvline(0, color="0.3", lw=0.6)
+    axes[0].set_yticks(y, models)
+    axes[0].invert_yaxis()
+    _note(fig, "bars: held-out value; whiskers: image-bootstrap interval; grey: baselines, "
+               "orange: readouts, red: DeepGaze I, blue: classical")
+    return fig

@@ -38,6 +38,8 @@ from pydantic import (
     model_validator,
 )
 
+from dissect.backbone_spec import CUSTOM, check_layers, parse_factory
+from dissect.device import check_device_name
 from dissect.errors import DataError
 
 #: registered backbones (``dissect.backbones.BACKBONES``)
@@ -139,12 +141,52 @@ class DataParams(_Section):
 
 
 class BackboneParams(_Section):
-    name: Literal[BACKBONE_NAMES]
+    """A built-in backbone (``name`` of :data:`BACKBONE_NAMES`, ``layers`` a list of its layer
+    names), or ``name: custom``: the network ``factory`` (``"package.module:function"``)
+    returns, ``layers`` the dotted module paths to hook (a list, or a mapping {layer name: module
+    path}), ``weights: null`` (the factory's; ``checkpoint`` optionally loads a state dict into
+    it) and ``mean``/``std`` (null = ImageNet's, or the factory's own ``Backbone``'s).
+    :mod:`dissect.backbone_spec` checks the spellings; the import and the module paths are
+    checked when the backbone is built (:func:`dissect.backbones.load_custom_backbone`)."""
+
+    name: Literal[(CUSTOM, *BACKBONE_NAMES)]
+    factory: Text | None
     weights: Literal["imagenet", "random"] | None
     checkpoint: PathText | None
-    layers: names(Text)
+    layers: Annotated[Any, PlainValidator(check_layers)]
+    mean: Annotated[list[Number], Field(min_length=3, max_length=3)] | None
+    std: Annotated[list[Positive], Field(min_length=3, max_length=3)] | None
 
     @model_validator(mode="after")
+    def _custom_keys(self) -> BackboneParams:
+        if self.name == CUSTOM:
+            if self.factory is None:
+                raise ValueError("backbone.factory: required with backbone.name: custom: "
+                                 "'package.module:function', a function returning the "
+                                 "torch.nn.Module (or a dissect Backbone) to dissect")
+            try:
+                parse_factory(self.factory)
+            except ValueError as exc:
+                raise ValueError(f"backbone.factory: {exc}") from None
+            if self.weights is not None:
+                raise ValueError(f"backbone.weights: must be null with backbone.name: custom "
+                                 f"(the factory's network comes with its weights; "
+                                 f"backbone.checkpoint may load a state dict into it), got "
+                                 f"{self.weights!r}")
+            return self
+        if self.factory is not None:
+            raise ValueError(f"backbone.factory: must be null unless backbone.name is custom, "
+                             f"got {self.factory!r}")
+        for key in ("mean", "std"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"backbone.{key}: must be null unless backbone.name is custom "
+                                 f"(the built-in backbones use the ImageNet mean and std)")
+        if isinstance(self.layers, dict):
+            raise ValueError(f"backbone.layers: a mapping {{layer name: module path}} is for "
+                             f"backbone.name: custom; {self.name} takes a list of its layer "
+                             f"names, got {self.layers!r}")
+        return self._weights_and_checkpoint()
+
     def _weights_and_checkpoint(self) -> BackboneParams:
         if self.weights is None and self.checkpoint is None:
             raise ValueError("backbone.checkpoint: must name a file when backbone.weights is "
@@ -225,12 +267,49 @@ class DaskParams(_Section):
     chunk_images: Count
 
 
+class BaselinesParams(_Section):
+    gold_train_images: Count  # training images the gold standard's h, w are fitted on (LOSO)
+    centre_bias_bins: Annotated[StrictInt, Field(ge=2)]
+
+
+class DeepGazeParams(_Section):
+    layers: names(Text)  # candidate layers, shallow to deep (each alone, each with the deeper)
+    input_scale: Annotated[Number, Field(gt=0, le=1)]
+    grid_stride: Count
+    dtype: Literal[CACHE_DTYPES]
+    epochs: Count
+    lr: Positive
+    l1: NonNegative
+    batch_size: Count
+    patience: Count
+    step_size: Count
+    gamma: Positive
+    seed: Seed
+    top_units: Count  # "what the readout picked": the units of the largest weights
+    n_null: Count  # random unit sets for the picked units' permutation null
+
+
+EVALUATE_MODELS = ("uniform", "centre_bias", "gold_standard", *CLASSICAL_NAMES, "readouts",
+                   "deepgaze")
+
+
+class EvaluateParams(_Section):
+    models: names(Literal[EVALUATE_MODELS])
+    conventions: Literal["dissect", "mit"]
+    density_train_images: Count  # training images a map-only model's density is fitted on
+    auc_borji_splits: Count
+    seed: Seed
+
+
 class ParamsSchema(_Section):
     """A whole ``params.yaml``. Every key is required except ``progress`` (the CLI's ``-q``)."""
 
     work: PathText
     results: PathText
     progress: StrictBool = True
+    #: torch device of extraction, training and scoring: auto (CUDA if available, else CPU),
+    #: cpu, cuda, cuda:N or mps (dissect.device.resolve_device)
+    device: Annotated[StrictStr, AfterValidator(check_device_name)]
     data: DataParams
     backbone: BackboneParams
     extract: ExtractParams
@@ -241,6 +320,9 @@ class ParamsSchema(_Section):
     scene: SceneParams
     figures: FiguresParams
     dask: DaskParams
+    baselines: BaselinesParams
+    deepgaze: DeepGazeParams
+    evaluate: EvaluateParams
 
 
 def leaf_keys(model: type[BaseModel] = ParamsSchema, prefix: str = "") -> list[str]:

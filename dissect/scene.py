@@ -21,12 +21,12 @@ training images of class c: inversely proportional to class frequency, mean weig
 
 Since the frozen prefix (all stages before the tuned ones) never changes, its outputs are
 computed once per image and cached in Zarr (``cache_dir``) with the saliency side's
-:class:`dissect.readout.PrefixCache` (so a saliency run tuning the same stages shares the store);
-training runs only the tuned stages and the head on the cache. Consequently no image
+:class:`dissect.models.readout.PrefixCache` (so a saliency run tuning the same stages shares the
+store); training runs only the tuned stages and the head on the cache. Consequently no image
 augmentation is used (a cached feature map is one fixed view of the image). BatchNorm layers
 inside the tuned stages keep their pretrained running statistics (``freeze_bn=True``, the same
-policy as :mod:`dissect.readout`; their affine parameters are still trained): small batches
-would otherwise drift the statistics the unit maps depend on.
+policy as :mod:`dissect.models.readout`; their affine parameters are still trained): small
+batches would otherwise drift the statistics the unit maps depend on.
 
 The fine-tuned trunk comes back as a Backbone-like object with the same stages, unit layers and
 module paths (:meth:`SceneClassifier.trunk_backbone`), so the unit analyses run on it exactly as
@@ -326,8 +326,10 @@ def prefix_features(
     """Outputs of the frozen prefix for ``ids`` as one float32 tensor ``(N, C, h, w)`` (CPU).
 
     With ``cache_dir`` the saliency side's Zarr store is used
-    (:class:`dissect.readout.PrefixCache`, via :func:`dissect.readout.build_prefix_cache` on a
-    :class:`~dissect.readout.SaliencyReadout` with the same backbone and number of tuned stages):
+    (:class:`dissect.models.readout.PrefixCache`, via
+    :func:`dissect.models.readout.build_prefix_cache` on a
+    :class:`~dissect.models.readout.SaliencyReadout` with the same backbone and number of tuned
+    stages):
     it is keyed by backbone, weights id, boundary stage and preprocessing, checked on opening,
     resumable, and shared with a saliency run that tunes the same stages. Without ``cache_dir``
     the prefix runs in memory. ``dataset[id]`` must give a stimulus with ``.file`` (the cache
@@ -338,7 +340,7 @@ def prefix_features(
         return torch.zeros(0)
     t0 = time.perf_counter()
     if cache_dir is not None:
-        from dissect.readout import SaliencyReadout, build_prefix_cache
+        from dissect.models.readout import SaliencyReadout, build_prefix_cache
 
         proxy = SaliencyReadout(
             model.backbone, len(model.tune_stage_names), channels=model.in_channels

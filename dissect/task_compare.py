@@ -56,10 +56,10 @@ def finetuned_trunk(model: Any, tag: str | None = None) -> Any:
     """The trunk of a fine-tuned model as a Backbone (same stages, layers and module paths).
 
     Uses ``model.trunk_backbone()`` when the model has it (:class:`dissect.scene.SceneClassifier`);
-    otherwise (e.g. :class:`dissect.readout.SaliencyReadout`, which keeps its fine-tuned backbone
-    copy as ``model.backbone``) deep-copies ``model.backbone`` and sets its ``weights_id`` to
-    ``<pretrained id>+<tag>:<sha256 of the trunk state>`` so caches never mix it with the
-    pretrained trunk.
+    otherwise (e.g. :class:`dissect.models.readout.SaliencyReadout`, which keeps its fine-tuned
+    backbone copy as ``model.backbone``) deep-copies ``model.backbone`` and sets its
+    ``weights_id`` to ``<pretrained id>+<tag>:<sha256 of the trunk state>`` so caches never mix
+    it with the pretrained trunk.
     """
     if hasattr(model, "trunk_backbone"):
         return model.trunk_backbone()

@@ -11,7 +11,7 @@ it is the central starting point imposed by the protocol, not a choice of the ob
 Validation is a slice of the *training* split (:func:`split_train_val`); held-out images are
 reserved for the analyses and must never be passed here. Early stopping watches validation NSS.
 
-Frozen stages are served from the Zarr prefix cache of :mod:`dissect.readout` when
+Frozen stages are served from the Zarr prefix cache of :mod:`dissect.models.readout` when
 ``cache_dir`` is given (the default for real runs); with ``cache_dir=None`` every batch decodes
 its images and runs the frozen prefix again (the reference path, used by tests and the bench).
 Runs are deterministic for a given ``seed`` and thread count on a given kind of machine: the
@@ -40,7 +40,7 @@ import torch
 
 from dissect.errors import DataError
 from dissect.metrics.conventions import pixel_indices_torch
-from dissect.readout import (
+from dissect.models.readout import (
     PrefixCache,
     SaliencyReadout,
     Setup,
@@ -285,7 +285,8 @@ def train_readout(
     ``cache_dir`` enables the frozen-prefix Zarr cache (train + validation images; build time
     in ``TrainResult.cache_seconds``). ``log_path`` receives the history CSV (``epoch,
     train_loss, val_nss, lr, seconds``) after every epoch; ``checkpoint_path`` the best tuned
-    state + metadata (.pt, :func:`dissect.readout.save_readout`) whenever validation improves.
+    state + metadata (.pt, :func:`dissect.models.readout.save_readout`) whenever validation
+    improves.
 
     Reproducibility: ``torch.manual_seed(seed)`` before the readout is initialised, a seeded
     ``torch.Generator`` for the shuffling, and (``deterministic``, default on)

@@ -21,7 +21,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dissect.backbones import Backbone, state_dict_sha256  # noqa: E402
-from dissect.capture import Preprocess  # noqa: E402
+from dissect.preprocess import Preprocess  # noqa: E402
 
 N_IMAGES = 11
 BATCH = 3

@@ -165,6 +165,17 @@ def direct_imports(module: str, tree: SourceTree, top_level_only: bool = False) 
             if name in ("import_module", "__import__") and isinstance(arg, ast.Constant) \
                     and isinstance(arg.value, str):
                 add(arg.value)
+    # a registry's list of modules it imports by name (dissect.models.base.BUILTIN_MODULES,
+    # imported with importlib on the first load_model): each listed module is an import
+    for node in node_tree.body:
+        target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                  else node.target if isinstance(node, ast.AnnAssign) else None)
+        value = getattr(node, "value", None)
+        if isinstance(target, ast.Name) and target.id.endswith("_MODULES") and \
+                isinstance(value, ast.List | ast.Tuple):
+            for elt in value.elts:
+                if isinstance(elt, ast.Constant) and isinstance(elt.value, str):
+                    add(elt.value)
     found.discard(module)
     return found
 

@@ -22,8 +22,8 @@ from dissect.cache import (
     prepare_cache,
     store_metadata,
 )
-from dissect.capture import Preprocess
 from dissect.errors import DataError, StaleCacheError
+from dissect.preprocess import Preprocess
 
 HELPER = Path(__file__).with_name("_helpers_cache.py")
 

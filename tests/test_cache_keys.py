@@ -43,7 +43,8 @@ def test_a_change_of_the_computing_code_makes_the_store_stale(tmp_path, monkeypa
     bb = tiny_backbone()
     store = tmp_path / "act.zarr"
     extract_activations(dataset, bb, ["c1"], store, batch_size=4)
-    assert set(cache.COMPUTING_MODULES) == {"backbones.py", "capture.py", "cache.py"}
+    assert set(cache.COMPUTING_MODULES) == {"backbones.py", "preprocess.py", "capture.py",
+                                           "cache.py"}
     monkeypatch.setattr(cache, "code_hash", lambda: "0123456789abcdef")
     with pytest.raises(StaleCacheError, match="code_sha256"):
         prepare_cache(dataset, bb, ["c1"], store, batch_size=4)

@@ -8,15 +8,10 @@ import torch
 from _helpers_cache import TinyImages, tiny_backbone
 from _reference import antialias_matrix, bilinear_matrix, resize
 
-from dissect.capture import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    LayerCapture,
-    Preprocess,
-    class_logit,
-    top1_logit,
-)
+import dissect.capture
+from dissect.capture import LayerCapture, class_logit, top1_logit
 from dissect.errors import DataError
+from dissect.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 
 def _all_hooks(model: torch.nn.Module) -> int:
@@ -31,6 +26,16 @@ def test_preprocess_normalises_exactly():
     for c, v in enumerate((0, 128, 255)):
         want = (v / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
         assert torch.allclose(x[0, c], torch.tensor(want, dtype=torch.float32), atol=1e-6)
+
+
+def test_capture_re_exports_the_one_preprocess():
+    """``Preprocess`` lives in dissect.preprocess; dissect.capture re-exports the same objects
+    (older callers), and a Backbone's default preprocessing is that class."""
+    from dissect.backbones import Backbone
+
+    assert dissect.capture.Preprocess is Preprocess
+    assert dissect.capture.IMAGENET_MEAN is IMAGENET_MEAN
+    assert Backbone.__dataclass_fields__["preprocess"].default_factory is Preprocess
 
 
 def test_antialias_reference_by_hand():

@@ -9,8 +9,14 @@ import pytest
 from scipy import ndimage
 
 from dissect.errors import DataError
-from dissect.models import BMS, CLASSICAL_MODELS, GBVS, IttiKoch, load_classical
-from dissect.models.classical import stationary_distribution
+from dissect.models.classical import (
+    BMS,
+    CLASSICAL_MODELS,
+    GBVS,
+    IttiKoch,
+    load_classical,
+    stationary_distribution,
+)
 
 H, W = 240, 320
 COLOUR_MODELS = ("itti", "gbvs", "bms")  # the OpenCV models work on grey levels only

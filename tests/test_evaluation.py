@@ -127,6 +127,31 @@ def test_per_image_metrics_equal_direct_calls(ds, setup):
         per_image.loc[per_image["model"] == "density", "metric"])
 
 
+def test_mit_conventions_reach_every_metric(ds, setup):
+    """``conventions="mit"`` scores each map metric as the metric's own MIT variant."""
+    cb, *_ = setup
+    model = MapModel()
+    i = EVAL[0]
+    s = stim(ds, i)
+    got = score_image(model, s, ds, centre_bias=cb, gt_sigma_px=GT, conventions="mit",
+                      rng=np.random.default_rng(3))
+    pts = ds.points(i, drop_first=True)
+    m = model.saliency_map(s)
+    d = density_map(pts, SIZE, sigma=GT)
+    neg = other_fixations(ds, i, ds.ids, drop_first=True)
+    want = {"nss": nss(m, pts, conventions="mit"), "cc": cc(m, d, conventions="mit"),
+            "sim": sim(m, d, conventions="mit"), "kld": kld(m, d, conventions="mit"),
+            "auc_judd": auc_judd(m, pts, conventions="mit"),
+            "auc_borji": auc_borji(m, pts, rng=np.random.default_rng(3), conventions="mit"),
+            "sauc": sauc(m, pts, neg, conventions="mit")}
+    for metric, v in want.items():
+        assert got[metric] == pytest.approx(v, rel=1e-12, abs=1e-14), metric
+    plain = score_image(model, s, ds, centre_bias=cb, gt_sigma_px=GT)
+    assert got["nss"] != plain["nss"]  # N−1 in the std
+    with pytest.raises(DataError, match="conventions"):
+        score_image(model, s, ds, centre_bias=cb, gt_sigma_px=GT, conventions="matlab")
+
+
 def test_dataset_values_are_image_means_and_fixation_weighted_means(ds, setup):
     cb, gold, dens, _, per_image, summary = setup
     # a hand loop over every fixation of every held-out image
@@ -248,7 +273,13 @@ def test_image_without_fixations_is_named(setup):
                     gt_sigma_px=GT)
 
 
-def test_kld_refusal_names_model_and_image(ds, setup):
+def test_kld_of_a_map_with_negative_values_is_that_of_the_shifted_map(ds, setup):
+    """A linear readout's map has negative values: KLD scores it shifted to minimum 0 (the
+    other metrics are invariant to the shift); a map that is all zero after the shift has no
+    mass, and the refusal names the model and the image."""
+    from dissect.data.maps import density_map
+    from dissect.metrics import kld
+
     cb, *_ = setup
 
     class Negative(MapModel):
@@ -257,8 +288,23 @@ def test_kld_refusal_names_model_and_image(ds, setup):
         def saliency_map(self, image):
             return super().saliency_map(image) - 10.0
 
-    with pytest.raises(DataError, match=r"negative on image im3: kld"):
-        score_image(Negative(), stim(ds, "im3"), ds, centre_bias=cb, gt_sigma_px=GT)
+    s = stim(ds, "im3")
+    got = score_image(Negative(), s, ds, centre_bias=cb, gt_sigma_px=GT)
+    plain = score_image(MapModel(), s, ds, centre_bias=cb, gt_sigma_px=GT)
+    raw = Negative().saliency_map(s)
+    dens = density_map(ds.points("im3", drop_first=True), ds["im3"].size, sigma=GT)
+    assert got["kld"] == pytest.approx(kld(raw - raw.min(), dens))
+    for m in ("nss", "cc", "auc_judd"):
+        assert got[m] == pytest.approx(plain[m])
+
+    class Flat(MapModel):
+        name = "flat"
+
+        def saliency_map(self, image):
+            return np.full(super().saliency_map(image).shape, -1.0)
+
+    with pytest.raises(DataError, match=r"flat on image im3: kld"):
+        score_image(Flat(), s, ds, centre_bias=cb, gt_sigma_px=GT)
 
 
 def test_sauc_negatives_of_other_sizes_map_through_the_unit_square():

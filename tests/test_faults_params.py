@@ -176,7 +176,7 @@ def test_choices_match_the_registries():
     from dissect.backbones import BACKBONES
     from dissect.cache import DTYPES
     from dissect.categories import NAMES
-    from dissect.models import CLASSICAL_MODELS
+    from dissect.models.classical import CLASSICAL_MODELS
     from dissect.statistics import CI_METHODS, NULLS
     from dissect.training import train_readout
 

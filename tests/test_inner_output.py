@@ -26,7 +26,7 @@ from dissect.inner_output import (
     region_output_table,
 )
 from dissect.metrics import auc_judd
-from dissect.readout import SaliencyReadout
+from dissect.models.readout import SaliencyReadout
 
 GT = {"sigma_deg": 0.25, "px_per_degree": 24.0}  # σ = 6 px on the small test images
 
@@ -326,7 +326,7 @@ def _stage_params(tmp_path, monkeypatch):
 
     from dissect.association import save_associations
     from dissect.config import load_params
-    from dissect.readout import save_readout
+    from dissect.models.readout import save_readout
     from dissect.stages import common
     from dissect.statistics import category_statistics
 

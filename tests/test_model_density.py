@@ -113,3 +113,18 @@ def test_bad_inputs_are_refused():
         fit_saliency_density(maps, {**fix, "i1": np.array([[W + 5.0, 1.0]])}, cbs)
     with pytest.raises(DataError, match="weight"):
         map_log_density(maps["i0"], cbs["i0"], 1.0, 1.0, 0.0)
+
+
+def test_grid_grows_while_the_optimum_sits_on_its_upper_edge():
+    """Fixations drawn with γ = 8 and a grid ending at γ = 2: the fit doubles the edge until
+    the optimum is inside (4, 8, then 16 evaluated), and σ's edge too while it is the best."""
+    maps, fix, cbs = synthetic(n_images=40, n_fix=80, sigma=2.0, gamma=8.0, w=0.2, seed=5)
+    sigma, gamma, w, table = fit_saliency_density(maps, fix, cbs, sigmas=(0.0, 2.0),
+                                                  exponents=(1.0, 2.0))
+    assert gamma == 8.0 and sigma == 2.0
+    assert set(table["gamma"]) == {1.0, 2.0, 4.0, 8.0, 16.0}
+    assert 4.0 in set(table["sigma"])  # σ = 2 was an edge optimum at first
+    # capped: no extension keeps the edge optimum
+    _, g0, _, t0 = fit_saliency_density(maps, fix, cbs, sigmas=(0.0, 2.0),
+                                        exponents=(1.0, 2.0), max_extensions=0)
+    assert g0 == 2.0 and len(t0) == 4

@@ -100,6 +100,23 @@ def test_whole_chain_on_a_dozen_osie_images(chain):
     assert set(io["model"]) == {"k0", "k1", "k2"}
     t4 = pd.read_csv(res / "tables" / "popout_readouts" / "table4_popout_models.csv")
     assert {"itti", "spectral_residual", "readout_k0"} <= set(t4["model"])
+    assert {"deepgaze_uniform", "deepgaze_centre"} <= set(t4["model"])  # Table 4's deep rows
+    # the model family: baselines, DeepGaze I's layer comparison, the scorecard
+    base = pd.read_csv(res / "tables" / "baselines.csv").set_index(["model", "parameter"])
+    assert base.loc[("gold_standard", "bandwidth"), "value"] > 0
+    lc = pd.read_csv(res / "tables" / "deepgaze" / "layer_comparison.csv")
+    assert set(lc["layers"]) == {"block14", "block15", "head", "block14+", "block15+"}
+    assert lc["chosen"].sum() == 1  # chosen on validation, never on held-out
+    assert lc.loc[lc["chosen"], "val_log_likelihood"].item() == lc["val_log_likelihood"].max()
+    assert (res / "tables" / "deepgaze" / "picked_selectivity.csv").is_file()
+    summary = pd.read_csv(res / "tables" / "evaluate" / "summary.csv")
+    models = set(summary["model"])
+    assert {"uniform", "centre_bias", "gold_standard", "itti", "deepgaze",
+            "readout_k0_s0", "readout_k2_s1"} <= models
+    ige = summary[summary["metric"] == "ig_explained"].set_index("model")["value"]
+    assert ige["gold_standard"] == pytest.approx(1.0) and ige["centre_bias"] == 0.0
+    assert (res / "figures" / "evaluate" / "leaderboard.png").is_file()
+    assert (res / "figures" / "deepgaze" / "layer_comparison.png").is_file()
     figs = {p.name for p in (res / "figures" / "paper").glob("*.png")}
     assert {"table2_top10.png", "fig4_improvement.png", "fig3_units_pretrained.png",
             "fig8_popout_examples.png", "fig11_task_maps.png"} <= figs

@@ -20,9 +20,9 @@ from PIL import Image
 from torch import nn
 
 from dissect.backbones import Backbone, state_dict_sha256
-from dissect.capture import Preprocess
 from dissect.config import Params
 from dissect.data import FixationDataset, RegionSet, Stimulus
+from dissect.preprocess import Preprocess
 
 N_IMAGES = 10
 SIZES = [(40, 56), (48, 48), (36, 60)]  # (H, W): maps are upsampled to each image's own size

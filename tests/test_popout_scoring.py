@@ -210,7 +210,7 @@ def test_popout_stages_write_tables_through_replacing(tmp_path, monkeypatch):
     import yaml
 
     from dissect.config import load_params
-    from dissect.readout import SaliencyReadout, save_readout
+    from dissect.models.readout import SaliencyReadout, save_readout
     from dissect.stages import common, popout
 
     p = yaml.safe_load(open(load_params().base / "params.yaml"))
@@ -243,10 +243,32 @@ def test_popout_stages_write_tables_through_replacing(tmp_path, monkeypatch):
     classical = pd.read_csv(res / "popout" / "popout_nmm.csv")
     assert n == len(DIMENSIONS) and len(classical) == n
     assert set(classical["model"]) == {"spectral_residual"}
+    # DeepGaze I of the deepgaze stage (here a readout of c2 with random weights) and the
+    # baselines stage's centre bias: Table 4's deep rows
+    import torch
+
+    from dissect.capture import LayerCapture
+    from dissect.models.baselines import CentreBiasModel, save_centre_bias
+    from dissect.models.deepgaze import DeepGazeI, save_deepgaze
+    from dissect.stages.baselines import centre_bias_path
+    from dissect.stages.deepgaze import model_path
+
+    with LayerCapture(base, ["c2"]) as cap:
+        n_c2 = cap.attribute(torch.zeros(1, 3, 16, 16))["c2"].shape[1]
+    torch.manual_seed(0)
+    save_deepgaze(DeepGazeI(n_c2, torch.zeros(2, 2), init_weight_std=1.0), model_path(params),
+                  feature_layers=["c2"], layer_units={"c2": n_c2},
+                  meta={"weights_id": base.weights_id, "input_scale": 0.5, "grid_stride": 16})
+    hist = np.outer(np.hanning(8), np.hanning(8)) + 0.1
+    save_centre_bias(CentreBiasModel(hist, 0.1, 0.05), centre_bias_path(params))
     popout.run_popout_readouts(params)
     per_array = pd.read_csv(res / "popout_readouts" / "popout_nmm.csv")
-    assert list(dict.fromkeys(per_array["model"])) == ["spectral_residual", "readout_k0",
-                                                       "readout_all"]
+    assert list(dict.fromkeys(per_array["model"])) == [
+        "spectral_residual", "readout_k0", "readout_all", "deepgaze_uniform", "deepgaze_centre"]
+    dg = per_array[per_array["model"].str.startswith("deepgaze")].pivot(
+        index="array", columns="model", values="nmm")
+    assert np.isfinite(dg.to_numpy()).all()
+    assert not np.allclose(dg["deepgaze_uniform"], dg["deepgaze_centre"])  # the prior matters
     assert (per_array.groupby("model").size() == n).all()
     t4 = pd.read_csv(res / "popout_readouts" / "table4_popout_models.csv")
     np.testing.assert_allclose(

@@ -14,16 +14,16 @@ from PIL import Image
 from torch import nn
 
 from dissect.backbones import Backbone, load_backbone
-from dissect.capture import Preprocess
 from dissect.data.osie import FixationDataset, Stimulus
 from dissect.errors import DataError, StaleCacheError
-from dissect.readout import (
+from dissect.models.readout import (
     PrefixCache,
     SaliencyReadout,
     build_prefix_cache,
     cache_key,
     load_readout,
 )
+from dissect.preprocess import Preprocess
 from dissect.training import _Targets, nss_loss, split_train_val, train_readout
 
 # ---------------------------------------------------------------------- fixtures

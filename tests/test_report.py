@@ -165,6 +165,23 @@ def make_tree(root: Path, top_k: int, ks: list, *, extract_size=None):
                           for s in SEEDS for st in (top, "count_above_T")])
     write_task_tables(t7.drop(columns="k"), tests, tables / "task", kw=kw, sp="k1")
 
+    # the scorecard and DeepGaze I (issue 12)
+    summary = pd.DataFrame([dict(model=m, metric=metric, value=v, ci_low=v - 0.1,
+                                 ci_high=v + 0.1, n_images=200, ci_method="basic")
+                            for m, v in (("gold_standard", 1.0), ("deepgaze", 0.7),
+                                         ("readout_k1_s0", 0.3), ("bms", 0.35),
+                                         ("centre_bias", 0.0))
+                            for metric in ("ig_explained", "nss")])
+    (tables / "evaluate").mkdir(parents=True)
+    summary.to_csv(tables / "evaluate" / "summary.csv", index=False)
+    write_table(summary.pivot(index="model", columns="metric", values="value").reset_index(),
+                tables / "evaluate" / "leaderboard")
+    for stem in ("layer_comparison", "picked_selectivity", "picked_units"):
+        write_table(pd.DataFrame(dict(layers=["block10"], value=[1.0])),
+                    tables / "deepgaze" / stem)
+    for name in ("evaluate/leaderboard.png", "deepgaze/layer_comparison.png",
+                 "deepgaze/picked_selectivity.png"):
+        _png(results / "figures" / name)
     figures = [f"table2_top{top_k}.png", f"table2_top{top_k}_excess.png", "table2_count.png",
                "fig3_units_pretrained.png", f"table3_top{top_k}.png",
                f"table3_top{top_k}_excess.png", "fig4_improvement.png",
@@ -184,8 +201,11 @@ def make_tree(root: Path, top_k: int, ks: list, *, extract_size=None):
                        "table4_popout_excess_by_dimension", "table5_popout_layers",
                        "table6_popout_k", "scene_accuracy", "scene_recall",
                        "table7_task_statistics", "task_permutation_test",
-                       "task_permutation_agreement", "table8_mean_map_nss"]
-    return params, expected_tables, [*figures, "scene_confusion.png"]
+                       "task_permutation_agreement", "table8_mean_map_nss", "leaderboard",
+                       "layer_comparison", "picked_selectivity", "picked_units"]
+    return params, expected_tables, [*figures, "scene_confusion.png", "evaluate/leaderboard.png",
+                                     "deepgaze/layer_comparison.png",
+                                     "deepgaze/picked_selectivity.png"]
 
 
 @pytest.mark.parametrize("top_k, ks, size", [(10, [0, 1, "all"], [224, 224]), (5, [0, 2], None)])

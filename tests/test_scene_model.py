@@ -372,7 +372,7 @@ def test_stage_passes_the_head_knobs(tmp_path, monkeypatch):
     """The scene head sizes, dropout, tuned stages, weight decay and monitor of params.yaml reach
     train_scene_model; the sp readout is k<tuned_stages>; a failing run leaves the committed
     scene tables as they were."""
-    import dissect.readout
+    import dissect.models.readout
     import dissect.scene
     from dissect.stages import common
     from dissect.stages.scene import run_scene
@@ -392,9 +392,13 @@ def test_stage_passes_the_head_knobs(tmp_path, monkeypatch):
                         lambda path, min_images, dataset: load_scenes(path, min_images=min_images))
     seen = {}
 
+    class FakeReadout(SimpleNamespace):  # what the registry's readout adapter wraps
+        def eval(self):
+            return self
+
     def fake_load_readout(path, backbone):
         seen["readout"] = Path(path)
-        return SimpleNamespace(k=2, n_stages=3), {}
+        return FakeReadout(k=2, n_stages=3, backbone=SimpleNamespace(layers={})), {}
 
     class Stop(Exception):
         pass
@@ -403,7 +407,7 @@ def test_stage_passes_the_head_knobs(tmp_path, monkeypatch):
         seen["train"] = kw
         raise Stop
 
-    monkeypatch.setattr(dissect.readout, "load_readout", fake_load_readout)
+    monkeypatch.setattr(dissect.models.readout, "load_readout", fake_load_readout)
     monkeypatch.setattr(dissect.scene, "train_scene_model", fake_train)
     committed = tmp_path / "results" / "tables" / "scene" / "scene_accuracy.md"
     committed.parent.mkdir(parents=True)

@@ -87,6 +87,16 @@ def toy(tmp_path) -> SourceTree:
                 importlib.import_module("pkg.e")
                 return importlib.import_module(f"pkg.{name}")
             """,
+        # a registry that imports the modules it lists by name (models.base.BUILTIN_MODULES)
+        "pkg/registry.py": """
+            import importlib
+            PLUGIN_MODULES: list[str] = ["pkg.d", "pkg.e"]
+            OTHER = ["pkg.c"]
+
+            def load():
+                for m in PLUGIN_MODULES:
+                    importlib.import_module(m)
+            """,
         "pkg/d.py": "",
         "pkg/e.py": "import numpy\n",
         "pkg/unused.py": "from pkg import a\n",
@@ -109,6 +119,8 @@ def test_direct_imports_follow_every_form(toy):
     assert direct_imports("pkg.sub.y", toy) == {"pkg", "pkg.e"}
     assert direct_imports("pkg.e", toy) == set()
     assert direct_imports("pkg.deep.inner.z", toy) == {"pkg", "pkg.d"}
+    # the modules a registry lists in a *_MODULES constant (imported by name at run time)
+    assert direct_imports("pkg.registry", toy) == {"pkg", "pkg.d", "pkg.e"}
 
 
 def test_closure_of_the_toy_package(toy):

@@ -203,7 +203,7 @@ def test_finetuned_trunk_generic():
 
 def test_finetuned_trunk_of_saliency_readout():
     from dissect.backbones import load_backbone
-    from dissect.readout import SaliencyReadout
+    from dissect.models.readout import SaliencyReadout
 
     bb = load_backbone("efficientnet_lite0", weights="random", seed=0)
     model = SaliencyReadout(bb, 1)

@@ -26,6 +26,9 @@ VGG_BACKBONE = {
     "weights": "random",
     "checkpoint": None,
     "layers": STUDY_LAYERS,
+    "factory": None,  # a built-in backbone: no factory, its own normalisation
+    "mean": None,
+    "std": None,
 }
 
 
@@ -35,7 +38,7 @@ def study_params(**backbone):
 
 
 def test_vgg16_study_config_resolves():
-    from dissect.readout import SaliencyReadout
+    from dissect.models.readout import SaliencyReadout
     from dissect.stages import common
 
     params = study_params(name="vgg16", weights="random", layers=STUDY_LAYERS)

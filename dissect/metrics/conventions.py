@@ -12,6 +12,11 @@
   :func:`pow2_exponent` gives for its max|map| (exact in binary floating point, so every result
   is bit for bit the same as without it on maps whose sums neither overflow nor underflow), so
   that a map scaled by 1e200 or 1e-200 scores as the unscaled map instead of overflowing.
+* **Benchmark conventions.** Every map metric takes ``conventions=`` one of
+  :data:`CONVENTIONS`: ``"dissect"`` (the project's documented defaults) or ``"mit"`` (the MIT
+  saliency benchmark's MATLAB code: std with N − 1, binary fixation maps, jittered AUC-Judd,
+  0.1-step thresholds, the saliency map resized to the fixation map's size);
+  :func:`check_conventions` validates the value. See ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ if TYPE_CHECKING:  # torch is imported lazily by the torch variant only
 __all__ = [
     "CENTRED_RTOL",
     "CONSTANT_RTOL",
+    "CONVENTIONS",
     "EPS",
+    "check_conventions",
     "pixel_indices",
     "pixel_indices_torch",
     "pow2_exponent",
@@ -45,6 +52,19 @@ CONSTANT_RTOL: float = 1e-10
 #: :mod:`dissect.metrics.region`): with centred maps the rounding error of
 #: σ = sqrt(E[up²] − μ²) is ≲ sqrt(eps) ≈ 1.5e-8 of the centred scale.
 CENTRED_RTOL: float = 1e-7
+
+#: The values of the metrics' ``conventions`` argument: the project's defaults, or the MIT
+#: saliency benchmark's MATLAB code (``cvzoya/saliency``, ``code_forMetrics``).
+CONVENTIONS: tuple[str, ...] = ("dissect", "mit")
+
+
+def check_conventions(value: object) -> str:
+    """``value`` if it is one of :data:`CONVENTIONS`, else :class:`~dissect.errors.DataError`
+    naming ``conventions`` and the allowed values."""
+    if isinstance(value, str) and value in CONVENTIONS:
+        return value
+    allowed = ", ".join(repr(c) for c in CONVENTIONS)
+    raise DataError("conventions", f"must be one of {allowed}, got {value!r}")
 
 
 def _non_finite_message(n_bad: int, n_nan: int, n_inf: int, first: int, x: float, y: float) -> str:

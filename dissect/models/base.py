@@ -1,9 +1,13 @@
-"""The one interface every saliency model answers, and the registry that builds models by name.
+"""The one interface every model answers, and the registry that builds models by name.
 
 In the spirit of pysaliency's ``SaliencyMapModel`` / ``Model`` (Kümmerer et al.):
 
-* :class:`SaliencyModel` — ``name`` and ``saliency_map(image) -> (H, W) float64`` at the image's
-  own size; ``layers`` names the inner layers a dissection can hook (network models), else None.
+* :class:`DissectableModel` — what every registered model is: a ``name``, and for networks the
+  inner layers a dissection can hook: ``layers`` maps the dissection's layer names to dotted
+  module paths inside ``module`` (the ``torch.nn.Module`` to hook; None for models without inner
+  units). The scene classifier (:mod:`dissect.models.builtin`) is one without a saliency map.
+* :class:`SaliencyModel` — a DissectableModel with ``saliency_map(image) -> (H, W) float64`` at
+  the image's own size.
 * :class:`ProbabilisticModel` — adds ``log_density(image) -> (H, W) float64``: the natural log of a
   probability over the image's pixels, ``logsumexp(log_density) == 0`` (a pixel of density zero is
   ``-inf``). Its ``saliency_map`` is ``exp(log_density)``, the density itself (not pysaliency's
@@ -30,9 +34,10 @@ a scorecard loops ``for subject: log_density_held_out(stimulus, subject)`` only 
 (:func:`dissect.scoring.fixation_log_densities` does exactly this).
 
 **Registry.** ``@register_model("name")`` registers a factory (a class or function taking keyword
-parameters); :func:`load_model` builds one; :data:`MODEL_NAMES` is a live view of the registered
-names. Modules listed in :data:`BUILTIN_MODULES` are imported on first lookup so that their
-``@register_model`` decorators run (new model families add their module there).
+parameters) returning a :class:`DissectableModel`; :func:`load_model` builds one;
+:data:`MODEL_NAMES` is a live view of the registered names. Modules listed in
+:data:`BUILTIN_MODULES` are imported on first lookup so that their ``@register_model``
+decorators run (new model families add their module there).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from dissect.errors import DataError
 
 __all__ = [
     "BUILTIN_MODULES",
+    "DissectableModel",
     "ImageLike",
     "MODEL_NAMES",
     "ProbabilisticModel",
@@ -177,16 +183,40 @@ def check_log_density(
     return a
 
 
-class SaliencyModel(ABC):
-    """A saliency model: ``saliency_map(image) -> (H, W) float64`` at the image's own size.
+class DissectableModel:
+    """A model the registry builds and a dissection can open up: the base of every model.
 
-    ``name`` identifies the model in tables; ``layers`` maps the dissection's layer names to the
+    ``name`` identifies the model in tables. ``layers`` maps the dissection's layer names to the
     dotted module paths to hook (``{"conv5_3": "features.29"}``) for network models, None for
-    models without inner units.
+    models without inner units; the paths resolve in :attr:`module` (``module.get_submodule``),
+    and :meth:`layer_module` does exactly that. Subclasses with ``layers`` override
+    :attr:`module`.
     """
 
     name: str = ""
     layers: dict[str, str] | None = None
+
+    @property
+    def module(self) -> Any:
+        """The network (``torch.nn.Module``) in which the paths of ``layers`` resolve, in eval
+        mode; None for a model without inner units."""
+        return None
+
+    def layer_module(self, layer: str) -> Any:
+        """The submodule of :attr:`module` behind the dissection layer ``layer`` (to hook)."""
+        if not self.layers or layer not in self.layers:
+            raise KeyError(f"{self.name or type(self).__name__} has no layer {layer!r}; known: "
+                           f"{list(self.layers or {})}")
+        root = self.module
+        if root is None:
+            raise DataError(self.name or type(self).__name__,
+                            "names layers but exposes no module to resolve them in")
+        return root.get_submodule(self.layers[layer])
+
+
+class SaliencyModel(DissectableModel, ABC):
+    """A saliency model: ``saliency_map(image) -> (H, W) float64`` at the image's own size
+    (``name``, ``layers`` and ``module`` as for every :class:`DissectableModel`)."""
 
     @abstractmethod
     def saliency_map(self, image: ImageLike) -> NDArray[np.float64]:
@@ -218,7 +248,7 @@ class ProbabilisticModel(SaliencyModel):
 
 
 # ---------------------------------------------------------------------------------- registry
-ModelFactory = Callable[..., SaliencyModel]
+ModelFactory = Callable[..., DissectableModel]
 _F = TypeVar("_F", bound=ModelFactory)
 _REGISTRY: dict[str, ModelFactory] = {}
 
@@ -226,8 +256,13 @@ _REGISTRY: dict[str, ModelFactory] = {}
 MODEL_NAMES: KeysView[str] = _REGISTRY.keys()
 
 #: Modules whose ``@register_model`` decorators :func:`load_model` runs on first use: the
-#: baselines, and the classical models and the readout (:mod:`dissect.models.builtin`).
-BUILTIN_MODULES: list[str] = ["dissect.models.baselines", "dissect.models.builtin"]
+#: baselines, DeepGaze I, and the classical models, the readout and the scene classifier
+#: (:mod:`dissect.models.builtin`). A new model family adds its module here.
+BUILTIN_MODULES: list[str] = [
+    "dissect.models.baselines",
+    "dissect.models.deepgaze",
+    "dissect.models.builtin",
+]
 _loaded_builtins = False
 
 
@@ -261,8 +296,11 @@ def _load_builtins() -> None:
         _loaded_builtins = True
 
 
-def load_model(name: str, **params: Any) -> SaliencyModel:
-    """Build the model registered as ``name`` with keyword ``params``.
+def load_model(name: str, /, **params: Any) -> DissectableModel:
+    """Build the model registered as ``name`` with keyword ``params``: any
+    :class:`DissectableModel` (a :class:`SaliencyModel` for every saliency model). ``name`` is
+    positional-only, so a factory's own ``name`` parameter (the label in tables) passes through:
+    ``load_model("readout", checkpoint=..., name="readout_k1_s0")``.
 
     An unknown name or parameters the factory does not take → ``DataError`` naming the model and
     the known names / the parameters.
@@ -278,6 +316,6 @@ def load_model(name: str, **params: Any) -> SaliencyModel:
     except ValueError:  # no signature (a builtin): let the call itself decide
         pass
     model = factory(**params)
-    if not isinstance(model, SaliencyModel):
-        raise DataError(name, f"factory returned {type(model).__name__}, not a SaliencyModel")
+    if not isinstance(model, DissectableModel):
+        raise DataError(name, f"factory returned {type(model).__name__}, not a DissectableModel")
     return model

@@ -59,7 +59,9 @@ fixation (OSIE's central start), in fitting and in the gold standard's KDE.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,6 +86,8 @@ __all__ = [
     "GoldStandardModel",
     "UniformModel",
     "gaussian_kernel",
+    "load_centre_bias",
+    "save_centre_bias",
     "unit_square",
 ]
 
@@ -479,10 +483,12 @@ class GoldStandardModel(ProbabilisticModel):
         if not z > 0:
             raise DataError(image_id, "gold standard: the KDE has zero mass")
         key = (image_id, size)
-        if self._base_cache[0] != key:  # the baseline's density of the last image, reused
-            self._base_cache = (key, np.exp(self._baseline_log_density(image_id, size)))
+        cached = self._base_cache  # read once: another thread may replace it (Dask threads)
+        if cached[0] != key:  # the baseline's density of the last image, reused
+            cached = (key, np.exp(self._baseline_log_density(image_id, size)))
+            self._base_cache = cached
         wt = self.mixing_weight
-        dens = (1.0 - wt) / z * k + wt * self._base_cache[1]
+        dens = (1.0 - wt) / z * k + wt * cached[1]
         with np.errstate(divide="ignore"):
             return np.log(dens)
 
@@ -517,4 +523,35 @@ def _gold_standard(
         model.fit(train_ids, **fit_params)
     elif fit_params:
         raise DataError("gold_standard", f"{sorted(fit_params)} need train_ids")
+    return model
+
+
+# ------------------------------------------------------------------------------- persistence
+def save_centre_bias(model: CentreBiasModel, path: str | Path) -> Path:
+    """Write a fitted centre bias to ``path`` (``.npz``: histogram, bandwidth, mixing weight,
+    the leave-one-image-out log-likelihood), atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, histogram=model.histogram, bandwidth=model.bandwidth,
+             mixing_weight=model.mixing_weight,
+             loo_bits=np.nan if model.loo_log_likelihood_ is None else model.loo_log_likelihood_)
+    os.replace(tmp, path)
+    return path
+
+
+def load_centre_bias(path: str | Path) -> CentreBiasModel:
+    """Read a centre bias written by :func:`save_centre_bias` (missing file or key →
+    ``DataError`` naming the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "centre-bias file missing: run the `baselines` stage first")
+    try:
+        with np.load(path) as z:
+            model = CentreBiasModel(z["histogram"], float(z["bandwidth"]),
+                                    float(z["mixing_weight"]))
+            loo = float(z["loo_bits"])
+    except (KeyError, ValueError, OSError) as e:
+        raise DataError(path, f"not a centre-bias file: {e}") from e
+    model.loo_log_likelihood_ = None if np.isnan(loo) else loo
     return model

@@ -1,16 +1,30 @@
-"""The project's existing saliency models behind the shared interface
-(:class:`dissect.models.base.SaliencyModel`) and in its registry (:func:`load_model`).
+"""The project's models with APIs of their own behind the shared interface
+(:class:`dissect.models.base.DissectableModel` / :class:`~dissect.models.base.SaliencyModel`)
+and in its registry (:func:`~dissect.models.base.load_model`).
 
 * the classical models of :mod:`dissect.models.classical` (``itti``, ``gbvs``, ``bms``,
-  ``spectral_residual``, ``fine_grained``): :class:`ClassicalModel`;
-* the He et al. readout (setups I / II, :class:`dissect.readout.SaliencyReadout`):
-  :class:`ReadoutModel`, whose ``layers`` are the trunk's hookable units (the dissection's
-  layer names → module paths inside the readout).
+  ``spectral_residual``, ``fine_grained``): :class:`ClassicalModel` (``.model`` is the
+  :class:`~dissect.models.classical.ClassicalSaliency`);
+* the He et al. readout (setups I / II, :class:`dissect.models.readout.SaliencyReadout`),
+  registered as ``readout``: :class:`ReadoutModel` (``.readout`` is the ``nn.Module``);
+* the scene classifier of the task-vs-data comparison (:class:`dissect.scene.SceneClassifier`),
+  registered as ``scene_classifier``: :class:`SceneClassifierModel` (``.classifier``), a
+  :class:`~dissect.models.base.DissectableModel` with ``class_probabilities(image)`` and no
+  saliency map.
 
-Adapters rather than new base classes for the existing models: the classical models and the
-readout keep their own APIs (the stages and their tests use them), and this module is the one
-place where they meet the shared interface. Registered by importing this module (listed in
-:data:`dissect.models.base.BUILTIN_MODULES`).
+For the two networks, ``layers`` are the trunk's hookable units (the dissection's layer names →
+the backbone's module paths) and ``module`` is the model's own fine-tuned trunk network
+(``readout.backbone.model``, ``classifier.backbone.model``), in which those paths resolve and
+whose submodules run in the model's forward.
+
+Adapters rather than new base classes: the wrapped models keep their own APIs (training, the
+checkpoints, the tests of their maths), the adapters call exactly those functions (the same
+maps, the same numbers), and this module is the one place where they meet the shared interface.
+The stages build all of them through :func:`~dissect.models.base.load_model` and reach the
+wrapped object through the attributes above where they need the ``nn.Module`` itself. Both
+network factories take the pretrained backbone by name or as an already built ``Backbone``
+(so a stage that holds one does not load the trunk again). Registered by importing this module
+(listed in :data:`dissect.models.base.BUILTIN_MODULES`).
 """
 
 from __future__ import annotations
@@ -21,10 +35,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from dissect.models.base import ImageLike, SaliencyModel, image_array, register_model
+from dissect.errors import DataError
+from dissect.models.base import (
+    DissectableModel,
+    ImageLike,
+    SaliencyModel,
+    image_array,
+    register_model,
+)
 from dissect.models.classical import CLASSICAL_MODELS, ClassicalSaliency, load_classical
 
-__all__ = ["ClassicalModel", "ReadoutModel"]
+__all__ = ["ClassicalModel", "ReadoutModel", "SceneClassifierModel"]
+
 
 class ClassicalModel(SaliencyModel):
     """A classical (non-deep) model: its map in [0, 1] at the image's size; no inner units."""
@@ -52,11 +74,28 @@ for _name in CLASSICAL_MODELS:
     register_model(_name)(_classical_factory(_name))
 
 
+def _backbone(backbone: str | Any, weights: str | None,
+              checkpoint: str | Path | None) -> Any:
+    """The pretrained backbone: ``load_backbone(backbone, weights=..., checkpoint=...)`` for a
+    name; an already built ``Backbone`` object as it is (``weights`` is then unused, and a
+    ``backbone_checkpoint`` is refused: the object's weights are what they are)."""
+    if isinstance(backbone, str):
+        from dissect.backbones import load_backbone
+
+        return load_backbone(backbone, weights=weights, checkpoint=checkpoint)
+    if checkpoint is not None:
+        raise DataError(str(checkpoint), "backbone_checkpoint applies to a backbone given by "
+                                         "name, not to an already built Backbone")
+    return backbone
+
+
 class ReadoutModel(SaliencyModel):
     """The He et al. readout: ``saliency_map`` is :meth:`SaliencyReadout.predict` (the
-    feature-resolution map bilinearly upsampled to the image, float64). ``layers`` maps the
-    trunk's analysed layer names to module paths inside the readout (``backbone.model.<path>``
-    of the backbone's ``layers``), so a capture can hook the fine-tuned units."""
+    feature-resolution map bilinearly upsampled to the image, float64). ``layers`` are the
+    backbone's unit layers (name → module path); they resolve in :attr:`module`, the readout's
+    own fine-tuned copy of the trunk network (``readout.backbone.model``), whose modules run in
+    the readout's forward, so a hook there sees the fine-tuned units. ``readout`` is the
+    :class:`~dissect.models.readout.SaliencyReadout` itself (eval mode)."""
 
     def __init__(self, readout: Any, name: str = "readout"):
         self.readout = readout.eval()
@@ -64,20 +103,70 @@ class ReadoutModel(SaliencyModel):
         bb_layers = getattr(readout.backbone, "layers", {}) or {}
         self.layers = {layer: path for layer, path in bb_layers.items()}
 
+    @property
+    def module(self) -> Any:
+        return self.readout.backbone.model
+
     def saliency_map(self, image: ImageLike) -> NDArray[np.float64]:
         return np.asarray(self.readout.predict(image_array(image)), dtype=np.float64)
 
 
 @register_model("readout")
-def readout_model(checkpoint: str | Path, backbone: str = "efficientnet_lite0",
+def readout_model(checkpoint: str | Path, backbone: str | Any = "efficientnet_lite0",
                   weights: str | None = "imagenet", backbone_checkpoint: str | Path | None = None,
                   name: str | None = None) -> ReadoutModel:
-    """A trained readout from its checkpoint (``work/readouts/s<seed>/k<k>/model.pt``) and the
-    pretrained backbone it started from."""
-    from dissect.backbones import load_backbone
-    from dissect.readout import load_readout
+    """A trained readout from its checkpoint (``work/readouts/s<seed>/k<k>/model.pt``,
+    :func:`dissect.models.readout.load_readout`) and the pretrained backbone it started from: a
+    name (loaded with ``weights`` / ``backbone_checkpoint``) or a ``Backbone`` object."""
+    from dissect.models.readout import load_readout
 
-    bb = load_backbone(backbone, weights=weights, checkpoint=backbone_checkpoint)
+    bb = _backbone(backbone, weights, backbone_checkpoint)
     readout, meta = load_readout(checkpoint, bb)
     label = name or f"readout_k{meta.get('k', readout.k)}"
     return ReadoutModel(readout, label)
+
+
+class SceneClassifierModel(DissectableModel):
+    """The scene classifier (:class:`dissect.scene.SceneClassifier`: trunk + GAP + three fully
+    connected layers) behind the shared interface: no saliency map; ``layers`` are the
+    backbone's unit layers, resolving in :attr:`module` (the classifier's own fine-tuned trunk
+    network, ``classifier.backbone.model``); ``classes`` the scene categories in class-index
+    order; :meth:`class_probabilities` the softmax of its logits. ``classifier`` is the
+    ``nn.Module`` itself (eval mode; ``classifier.trunk_backbone()`` hands out the fine-tuned
+    trunk as a Backbone)."""
+
+    def __init__(self, classifier: Any, name: str = "scene_classifier"):
+        self.classifier = classifier.eval()
+        self.name = name
+        self.classes: list[str] = list(classifier.classes)
+        bb_layers = getattr(classifier.backbone, "layers", {}) or {}
+        self.layers = {layer: path for layer, path in bb_layers.items()}
+
+    @property
+    def module(self) -> Any:
+        return self.classifier.backbone.model
+
+    def class_probabilities(self, image: ImageLike) -> NDArray[np.float64]:
+        """``(n_classes,)`` float64: the softmax of the classifier's logits for one image
+        (preprocessed by its backbone's ``preprocess``; eval mode, no gradients)."""
+        import torch
+
+        x = self.classifier.backbone.preprocess(image_array(image))
+        param = next(self.classifier.parameters())
+        with torch.no_grad():
+            logits = self.classifier(x.to(param.device, param.dtype))
+        return torch.softmax(logits.double(), dim=1)[0].cpu().numpy()
+
+
+@register_model("scene_classifier")
+def scene_classifier_model(checkpoint: str | Path, backbone: str | Any = "efficientnet_lite0",
+                           weights: str | None = "imagenet",
+                           backbone_checkpoint: str | Path | None = None,
+                           name: str | None = None) -> SceneClassifierModel:
+    """A trained scene classifier from its checkpoint (``work/scene/s<seed>/model.pt``,
+    :func:`dissect.scene.load_scene_model`) and the pretrained backbone it was trained from: a
+    name (loaded with ``weights`` / ``backbone_checkpoint``) or a ``Backbone`` object."""
+    from dissect.scene import load_scene_model
+
+    bb = _backbone(backbone, weights, backbone_checkpoint)
+    return SceneClassifierModel(load_scene_model(checkpoint, bb), name or "scene_classifier")

@@ -68,9 +68,11 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -82,17 +84,25 @@ from torch import nn
 
 from dissect.errors import DataError
 from dissect.metrics.conventions import CONSTANT_RTOL, pixel_indices
+from dissect.models.base import ProbabilisticModel, image_array, register_model
 
 __all__ = [
     "DEFAULT_TRUNCATE",
     "DeepGazeI",
+    "DeepGazeModel",
     "DeepGazeResult",
     "FeatureNormaliser",
     "FixationCells",
     "fixation_cells",
+    "channel_index",
     "gaussian_blur",
+    "grid_features",
+    "grid_size",
+    "input_size",
+    "load_deepgaze",
     "log_likelihood",
     "log_likelihood_loss",
+    "save_deepgaze",
     "to_grid",
     "train_deepgaze",
     "upsample_log_density",
@@ -388,13 +398,15 @@ class DeepGazeI(nn.Module):
             raise DataError("normaliser", f"needs {self.n_channels} fitted channel scales")
         self.feature_scale.copy_(normaliser.scale.to(self.feature_scale))
 
-    def _check(self, features: torch.Tensor, source: str) -> torch.Tensor:
+    def _check(self, features: torch.Tensor, source: str,
+               grid: tuple[int, int] | None = None) -> torch.Tensor:
         x = torch.as_tensor(features)
         if x.dim() == 3:
             x = x.unsqueeze(0)
-        if x.dim() != 4 or x.shape[1] != self.n_channels or tuple(x.shape[-2:]) != self.grid:
-            raise DataError(source, f"features must be (B, {self.n_channels}, {self.grid[0]}, "
-                                    f"{self.grid[1]}), got {tuple(x.shape)}")
+        grid = self.grid if grid is None else grid
+        if x.dim() != 4 or x.shape[1] != self.n_channels or tuple(x.shape[-2:]) != grid:
+            raise DataError(source, f"features must be (B, {self.n_channels}, {grid[0]}, "
+                                    f"{grid[1]}), got {tuple(x.shape)}")
         _check_finite(x, source)
         return x.to(dtype=self.weights.dtype, device=self.weights.device)
 
@@ -404,8 +416,11 @@ class DeepGazeI(nn.Module):
     ) -> torch.Tensor:
         """Grid log density ``(B, h, w)`` of ``(B, C, h, w)`` raw features (scaled here by
         ``feature_scale``). ``centre_log_density`` ((h, w) or (B, h, w)) overrides the stored
-        centre bias, e.g. a uniform prior (zeros) for the pop-out arrays."""
-        x = self._check(features, source)
+        centre bias, e.g. a uniform prior (zeros) for the pop-out arrays; with an override the
+        features may lie on another grid (an image of another size), the override's."""
+        grid = None if centre_log_density is None else tuple(
+            torch.as_tensor(centre_log_density).shape[-2:])
+        x = self._check(features, source, grid)
         # Σ_c w_c · (s_c f_c) = Σ_c (w_c s_c) f_c: the scales fold into the weights (no copy of
         # the features); one vector-matrix product per image is ~25× faster on CPU than a
         # batched einsum/bmm over (B, C, h·w)
@@ -752,3 +767,178 @@ def train_deepgaze(
         model=model, history=pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)),
         best_epoch=best_epoch, best_val_ll=float(best_ll), normaliser=normaliser, config=config,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# the trained readout as a model of the shared interface (registered as "deepgaze")
+
+#: DeepGaze I feeds the image at half its size (300 × 400 for OSIE's 600 × 800).
+DEFAULT_INPUT_SCALE: float = 0.5
+#: The common grid is the trunk's stride-16 resolution of the fed image (19 × 25 for 300 × 400).
+DEFAULT_GRID_STRIDE: int = 16
+
+
+def input_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """Size the trunk is fed for an image of ``size = (H, W)``: ``(round(H·s), round(W·s))``
+    (the aspect ratio kept up to rounding), at least 1 × 1."""
+    return max(1, int(round(size[0] * scale))), max(1, int(round(size[1] * scale)))
+
+
+def grid_size(size: tuple[int, int], scale: float, stride: int) -> tuple[int, int]:
+    """The common feature grid for an image of ``size``: the fed size divided by ``stride``,
+    rounded up (the size of a stride-``stride`` map of padded convolutions)."""
+    h, w = input_size(size, scale)
+    return -(-h // int(stride)), -(-w // int(stride))
+
+
+def grid_features(
+    acts: Mapping[str, torch.Tensor], layers: Sequence[str], grid: tuple[int, int]
+) -> torch.Tensor:
+    """Concatenate the maps of ``layers`` (``acts[layer]``: (B, C_l, h_l, w_l)) on ``grid``
+    (:func:`to_grid`) along channels, float32, in the order of ``layers``: the readout's
+    channel ``j`` is unit ``j − offset(layer)`` of its layer (:func:`channel_index`)."""
+    missing = [name for name in layers if name not in acts]
+    if missing:
+        raise DataError("features", f"no activations for layer(s) {missing}")
+    return torch.cat([to_grid(torch.as_tensor(acts[name]).float(), grid) for name in layers],
+                     dim=1)
+
+
+def channel_index(layer_units: Mapping[str, int]) -> pd.DataFrame:
+    """The readout's channels as dissection units: one row per channel with ``channel``,
+    ``layer`` and ``unit`` (the unit index within its layer), layers in the given order."""
+    rows = [(layer, u) for layer, n in layer_units.items() for u in range(int(n))]
+    return pd.DataFrame({"channel": np.arange(len(rows)),
+                         "layer": [r[0] for r in rows], "unit": [r[1] for r in rows]})
+
+
+class DeepGazeModel(ProbabilisticModel):
+    """A trained :class:`DeepGazeI` readout on a frozen trunk, answering the shared model
+    interface (:class:`dissect.models.base.ProbabilisticModel`: ``log_density(image)`` at the
+    image's own size, ``saliency_map`` its exponential, ``layers`` the trunk's hookable units).
+
+    For an ``(H, W)`` image: the trunk is fed the image resized to :func:`input_size`
+    (``input_scale``, default ½), the maps of ``feature_layers`` are brought to the grid
+    :func:`grid_size` (``grid_stride``, default 16) and concatenated (:func:`grid_features`),
+    the readout gives the grid log density with the prior's log density on that grid as its
+    centre bias (``prior``: a probabilistic model evaluated at the grid size, e.g. the fitted
+    :class:`~dissect.models.baselines.CentreBiasModel`; None → a uniform prior, zeros), and
+    :func:`upsample_log_density` brings it to the image. The trunk's preprocessing is that of
+    the activation cache the readout was trained on (same resize, mean and std), so an image
+    gets the features the readout saw up to the cache's float16 rounding.
+    """
+
+    def __init__(self, readout: DeepGazeI, backbone: Any, feature_layers: Sequence[str], *,
+                 prior: Any = None, input_scale: float = DEFAULT_INPUT_SCALE,
+                 grid_stride: int = DEFAULT_GRID_STRIDE, name: str = "deepgaze",
+                 device: str | torch.device = "cpu"):
+        self.readout = readout.eval()
+        self.backbone = backbone
+        self.feature_layers = list(feature_layers)
+        unknown = [n for n in self.feature_layers if n not in backbone.layers]
+        if unknown:
+            raise DataError(name, f"{backbone.name} has no layer(s) {unknown}")
+        self.prior = prior
+        self.input_scale = float(input_scale)
+        self.grid_stride = int(grid_stride)
+        self.name = name
+        self.device = torch.device(device)
+        self.layers = {n: backbone.layers[n] for n in self.feature_layers}
+
+    @property
+    def module(self) -> Any:
+        """The trunk's network, in which :attr:`layers` resolve (hook its units)."""
+        return self.backbone.model
+
+    def features(self, image: Any) -> torch.Tensor:
+        """``(C, h, w)`` raw grid features of one image (``(H, W, 3)`` uint8 or a
+        ``StimulusImage``)."""
+        from dissect.capture import LayerCapture
+        from dissect.preprocess import Preprocess
+
+        arr = image_array(image)
+        size = arr.shape[:2]
+        pre = Preprocess(input_size(size, self.input_scale), self.backbone.preprocess.mean,
+                         self.backbone.preprocess.std)
+        with LayerCapture(self.backbone, self.feature_layers) as cap:
+            acts = cap.attribute(pre(arr).to(self.device))
+        return grid_features(acts, self.feature_layers,
+                             grid_size(size, self.input_scale, self.grid_stride))[0]
+
+    def prior_log_density(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The centre-bias term's log map on ``grid`` (zeros for a uniform prior)."""
+        if self.prior is None:
+            return torch.zeros(grid)
+        return torch.as_tensor(np.asarray(self.prior.log_density(tuple(grid))),
+                               dtype=torch.float32)
+
+    def log_density(self, image: Any) -> np.ndarray:
+        arr = image_array(image)
+        feats = self.features(image)
+        centre = self.prior_log_density(tuple(feats.shape[-2:]))
+        with torch.no_grad():
+            grid_ld = self.readout(feats.unsqueeze(0).to(self.device), centre.to(self.device),
+                                   source=f"{self.name} features")
+        return upsample_log_density(grid_ld[0].cpu(), arr.shape[:2]).numpy()
+
+
+
+def save_deepgaze(model: DeepGazeI, path: str | Path, *, feature_layers: Sequence[str],
+                  layer_units: Mapping[str, int], meta: Mapping[str, Any]) -> Path:
+    """Save a trained readout with what is needed to rebuild it (atomic: temporary + rename):
+    its state dict, ``grid``, ``truncate``, ``max_sigma``, the feature layers and their unit
+    counts, and ``meta`` (backbone, weights id, input scale, grid stride, training config)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"state_dict": model.state_dict(), "grid": list(model.grid),
+                "truncate": model.truncate, "max_sigma": model.max_sigma,
+                "feature_layers": list(feature_layers),
+                "layer_units": {k: int(v) for k, v in layer_units.items()},
+                "meta": dict(meta)}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_deepgaze(path: str | Path) -> tuple[DeepGazeI, dict[str, Any]]:
+    """Rebuild a readout saved by :func:`save_deepgaze`: ``(model, record)`` (record: every
+    saved key except the state dict). A missing or malformed file → ``DataError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "DeepGaze I checkpoint missing: run the `deepgaze` stage first")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        sd = ck["state_dict"]
+        model = DeepGazeI(int(sd["weights"].shape[0]), sd["centre_log_density"],
+                          max_sigma=float(ck["max_sigma"]), truncate=float(ck["truncate"]))
+        model.load_state_dict(sd)
+    except (KeyError, RuntimeError, ValueError, OSError, pickle.UnpicklingError) as e:
+        raise DataError(path, f"not a DeepGaze I checkpoint: {e}") from e
+    model.eval()
+    return model, {k: v for k, v in ck.items() if k != "state_dict"}
+
+
+@register_model("deepgaze")
+def deepgaze_model(checkpoint: str | Path, backbone: Any, *, prior: Any = None,
+                   uniform_prior: bool = False, name: str = "deepgaze",
+                   device: str | torch.device = "cpu") -> DeepGazeModel:
+    """A trained DeepGaze I readout from its checkpoint on ``backbone`` (a built
+    :class:`~dissect.backbones.Backbone`, the trunk it was trained on: its weights id is
+    checked); ``prior``: the centre-bias model (None with ``uniform_prior=True``: a uniform
+    prior, as for the pop-out arrays)."""
+    readout, rec = load_deepgaze(checkpoint)
+    meta = rec.get("meta", {})
+    wid = meta.get("weights_id")
+    if wid is not None and wid != getattr(backbone, "weights_id", wid):
+        raise DataError(checkpoint, f"trained on trunk weights {wid}, given "
+                                    f"{backbone.weights_id}")
+    if prior is None and not uniform_prior:
+        raise DataError(name, "pass the centre-bias prior= or uniform_prior=True")
+    return DeepGazeModel(readout.to(device), backbone, rec["feature_layers"],
+                         prior=None if uniform_prior else prior,
+                         input_scale=float(meta.get("input_scale", DEFAULT_INPUT_SCALE)),
+                         grid_stride=int(meta.get("grid_stride", DEFAULT_GRID_STRIDE)),
+                         name=name, device=device)
+

@@ -68,23 +68,78 @@ def ids_of(params: Params, which: str) -> list[str]:
     return ids
 
 
+def _source(params: Params) -> Path | str:
+    """The parameter file, for error messages (a Params built in a test may have none)."""
+    base = getattr(params, "base", None)
+    return Path(base) / params.file if base is not None else params.file
+
+
 def backbone(params: Params):
-    from dissect.backbones import load_backbone
+    """The backbone of ``backbone``: a built-in one (:func:`dissect.backbones.load_backbone`) or,
+    with ``name: custom``, the network of ``backbone.factory`` with the module paths of
+    ``backbone.layers`` hooked (:func:`dissect.backbones.load_custom_backbone`). A factory or
+    layer problem is a :class:`~dissect.params_schema.ParamsError` naming the key."""
+    from dissect.backbone_spec import CUSTOM
+    from dissect.backbones import load_backbone, load_custom_backbone
     from dissect.errors import WeightsError
+    from dissect.params_schema import ParamsError
 
     b = params["backbone"]
+    # read for every backbone: null unless name is custom (the schema refuses anything else)
+    factory, mean, std = b.get("factory"), b.get("mean"), b.get("std")
     try:
-        bb = load_backbone(b["name"], weights=b["weights"],
-                           checkpoint=params.path(b.get("checkpoint")))
+        if b["name"] == CUSTOM:
+            layers = b["layers"]
+            layers = ({str(k): str(v) for k, v in layers.items()} if isinstance(layers, dict)
+                      else [str(n) for n in layers])
+            bb = load_custom_backbone(factory, layers,
+                                      checkpoint=params.path(b.get("checkpoint")),
+                                      mean=None if mean is None else [float(m) for m in mean],
+                                      std=None if std is None else [float(s) for s in std])
+        else:
+            bb = load_backbone(b["name"], weights=b["weights"],
+                               checkpoint=params.path(b.get("checkpoint")))
     except WeightsError as exc:
         raise WeightsError(f"{exc}\nIn the pipeline, set `backbone.checkpoint` in "
-                           f"{params.base / params.file} to the file's path.") from exc
+                           f"{_source(params)} to the file's path.") from exc
+    except DataError as exc:
+        if exc.source in ("backbone.factory", "backbone.layers"):
+            raise ParamsError(_source(params), [(exc.source, exc.problem)]) from exc
+        raise
     unknown = [name for name in b["layers"] if name not in bb.layers]
     if unknown:
-        raise DataError(params.base / params.file,
+        raise DataError(_source(params),
                         f"backbone.layers: {b['name']} has no layer(s) {unknown}; its layers: "
                         f"{list(bb.layers)}")
     return bb
+
+
+def layer_names(params: Params) -> list[str]:
+    """Names of the analysed layers, shallow to deep: ``backbone.layers`` as a list, or the
+    names (keys) of its mapping form {layer name: module path} (custom backbones)."""
+    return [str(n) for n in params["backbone"]["layers"]]
+
+
+def device(params: Params, *, float64: bool = False):
+    """The :class:`torch.device` of the ``device`` parameter on this machine
+    (:func:`dissect.device.resolve_device`: ``auto`` = CUDA when available, else CPU; absent in a
+    hand-built Params = ``auto``). A device this machine lacks is a
+    :class:`~dissect.params_schema.ParamsError` naming ``device`` and the available ones.
+    ``float64``: the stage computes in float64 on the device (NSS losses, metrics), which MPS
+    lacks, so ``mps`` is refused up front instead of failing midway."""
+    from dissect.device import DeviceError, resolve_device
+    from dissect.params_schema import ParamsError
+
+    name = params.get("device", "auto")
+    try:
+        dev = resolve_device(name)
+    except DeviceError as exc:
+        raise ParamsError(_source(params), [("device", exc.problem)]) from None
+    if float64 and dev.type == "mps":
+        raise ParamsError(_source(params), [("device", "'mps' cannot run this stage: it "
+                                             "computes in float64, which MPS lacks; use cpu or "
+                                             "cuda")])
+    return dev
 
 
 def work(params: Params, *parts: str) -> Path:
@@ -264,10 +319,9 @@ def assoc_store(params: Params, model: str, seed: int | None = None) -> Path:
 
 
 def scene_dir(params: Params, seed: int) -> Path:
-    """Scene-stage outputs of one scene seed: ``scene/s<seed>/`` (model, sr associations)."""
-    path = work(params, "scene", seed_label(seed), "x").parent
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Scene-stage outputs of one scene seed: ``scene/s<seed>/`` (model, sr associations); a
+    pure path (the scene stage creates it)."""
+    return params.work / "scene" / seed_label(seed)
 
 
 if __name__ == "__main__":  # `python -m dissect.stages.common --check-osie [PARAMS]` (make repro)

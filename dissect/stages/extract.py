@@ -20,15 +20,21 @@ from dissect.stages import common
 log = logging.getLogger("dissect.extract")
 
 
-def extract_store(params: Params, dataset, backbone, layers, store: Path) -> Path:
-    """Fill ``store`` batch by batch as Dask tasks (resumes a partial store)."""
+def extract_store(params: Params, dataset, backbone, layers, store: Path, *,
+                  preprocess=None, dtype: str | None = None, device=None) -> Path:
+    """Fill ``store`` batch by batch as Dask tasks (resumes a partial store). ``preprocess``:
+    the input preprocessing (default the backbone's); ``dtype``: default ``extract.dtype``;
+    ``device``: where the forward passes run (default the ``device`` parameter,
+    :func:`common.device`): the backbone's model is moved there (in place) and the capture moves
+    each batch to the model's device."""
     from tqdm.dask import TqdmCallback
 
     from dissect.cache import extract_batch, prepare_cache
     from dissect.errors import StaleCacheError
 
     e = params["extract"]
-    kw = dict(batch_size=int(e["batch_size"]), dtype=e["dtype"])
+    kw = dict(batch_size=int(e["batch_size"]), dtype=dtype or e["dtype"], preprocess=preprocess)
+    backbone.model.to(common.device(params) if device is None else device)
     try:  # same arguments: resume what an interrupted run left
         plan = prepare_cache(dataset, backbone, list(layers), store, **kw)
     except StaleCacheError as exc:  # the stage's inputs changed: rebuild, and say so
@@ -57,9 +63,11 @@ def run_extract(params: Params) -> Path:
         dataset, _ = common.inputs(params)
         ids = common.ids_of(params, "heldout")
         bb = common.backbone(params)
+        dev = common.device(params)
         store = common.act_store(params, "pt")
-        extract_store(params, dataset.subset(ids), bb, b["layers"], store)
-        rec.update(weights_id=bb.weights_id, preprocess=bb.preprocess.to_dict(),
+        extract_store(params, dataset.subset(ids), bb, common.layer_names(params), store,
+                      device=dev)
+        rec.update(weights_id=bb.weights_id, preprocess=bb.preprocess.to_dict(), device=str(dev),
                    n_images=len(ids), store=str(store.relative_to(params.work)))
     return store
 
@@ -67,10 +75,10 @@ def run_extract(params: Params) -> Path:
 def run_extract_finetuned(params: Params) -> list[Path]:
     """Cache the last trunk layer of every fine-tuned readout (k ≥ 1) of every training seed in
     ``act/finetuned/s<seed>/k<k>.zarr``."""
-    from dissect.readout import load_readout
+    from dissect.models.base import load_model
     from dissect.task_compare import finetuned_trunk
 
-    last = params["backbone"]["layers"][-1]
+    last = common.layer_names(params)[-1]
     out = []
     recorded = {"train.ks": params["train"]["ks"], "train.seeds": common.seeds(params),
                 "extract": params["extract"]}
@@ -78,14 +86,17 @@ def run_extract_finetuned(params: Params) -> list[Path]:
         dataset, _ = common.inputs(params)
         ids = common.ids_of(params, "heldout")
         base = common.backbone(params)
+        dev = common.device(params)
+        rec["device"] = str(dev)
         for seed in common.seeds(params):
             for model in common.model_names(params)[1:]:
                 if not common.seeded(model):
                     continue
-                readout, _ = load_readout(common.readout_path(params, model, seed), base)
+                readout = load_model("readout", backbone=base,
+                                     checkpoint=common.readout_path(params, model, seed)).readout
                 store = common.act_store(params, model, seed)
                 extract_store(params, dataset.subset(ids), finetuned_trunk(readout, model),
-                              [last], store)
+                              [last], store, device=dev)
                 out.append(store)
         rec["stores"] = [str(p.relative_to(params.work)) for p in out]
         rec["removed"] = prune_stores(common.work(params, "act", "finetuned"), out)

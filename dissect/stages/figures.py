@@ -224,7 +224,7 @@ def paper_figures(params: Params, out_dir: Path, recorded: dict | None = None) -
         save(training_curves(curves, title="Saliency readouts: training loss (−NSS) and "
                                            "validation NSS"), "training_curves.png")
     scene_seed = common.scene_seeds(params)[0]
-    if (params.work / "scene" / common.seed_label(scene_seed) / "model.pt").is_file():
+    if (common.scene_dir(params, scene_seed) / "model.pt").is_file():
         sp_name = common.sp_model(params)
         if recorded is not None:
             recorded["sp_model"] = sp_name
@@ -240,18 +240,18 @@ def _short(dimension: str) -> str:
 def _popout_examples(params: Params):
     from dissect.data.popout import load_set
     from dissect.figures import popout_examples
-    from dissect.models.classical import load_classical
+    from dissect.models.base import load_model
     from dissect.stages.popout import arrays_dir
 
     arrays = load_set(arrays_dir(params))
     first = {}
     for a in arrays:
         first.setdefault(a.dimension, a)
-    models = {name: load_classical(name) for name in params["popout"]["models"]}
+    models = {name: load_model(name) for name in params["popout"]["models"]}
     readout = _readout(params, "k0") if "k0" in common.model_names(params) else None
     rows, labels = [], []
     for dim, a in first.items():
-        maps = {name: m.saliency(a.image) for name, m in models.items()}
+        maps = {name: m.saliency_map(a.image) for name, m in models.items()}
         if readout is not None:
             maps["readout k0"] = readout.predict(a.image)
         rows.append((a.image, a.mask, maps))
@@ -259,15 +259,16 @@ def _popout_examples(params: Params):
     return popout_examples(rows, labels, title="Pop-out arrays and model maps")
 
 
-def _readout(params: Params, name: str):
-    """The readout ``name`` of the first training seed (None when not trained)."""
+def _readout(params: Params, name: str, base=None):
+    """The readout ``name`` of the first training seed, its ``nn.Module`` in eval mode (None
+    when not trained); ``base``: the pretrained backbone when the caller holds it already."""
     path = common.readout_path(params, name, common.seeds(params)[0])
     if not path.is_file():
         return None
-    from dissect.readout import load_readout
+    from dissect.models.base import load_model
 
-    model, _ = load_readout(path, common.backbone(params))
-    return model.eval()
+    base = common.backbone(params) if base is None else base
+    return load_model("readout", checkpoint=path, backbone=base).readout
 
 
 def _popout_best_units(params: Params):
@@ -309,16 +310,17 @@ def _task_maps(params: Params, sp_name: str):
     from dissect.capture import LayerCapture
     from dissect.data import density_map
     from dissect.figures import task_maps
-    from dissect.scene import load_scene_model
+    from dissect.models.base import load_model
     from dissect.task_compare import finetuned_trunk
 
     dataset, _ = common.inputs(params)
-    layer = params["backbone"]["layers"][-1]
+    layer = common.layer_names(params)[-1]
     base = common.backbone(params)
     seed, scene_seed = common.seeds(params)[0], common.scene_seeds(params)[0]
-    scene_path = params.work / "scene" / common.seed_label(scene_seed) / "model.pt"
-    trunks = {"pt": base, "sr": load_scene_model(scene_path, base).trunk_backbone()}
-    sp = _readout(params, sp_name)
+    scene_path = common.scene_dir(params, scene_seed) / "model.pt"
+    scene = load_model("scene_classifier", checkpoint=scene_path, backbone=base)
+    trunks = {"pt": base, "sr": scene.classifier.trunk_backbone()}
+    sp = _readout(params, sp_name, base)
     if sp is not None:
         trunks["sp"] = finetuned_trunk(sp, "sp")
     # the unit and region: the sp trunk's best unit for the category on its best region

@@ -33,12 +33,12 @@ def run_inner_output(params: Params) -> None:
     (``*_seeds`` tables: how many seeds make each decision)."""
     from dissect.association import load_associations
     from dissect.inner_output import inner_output_tables, readout_performance, region_output_table
-    from dissect.readout import load_readout
+    from dissect.models.base import load_model
     from dissect.seeds import agreement, spread
     from dissect.tables import columns_first, write_table
 
     k_top = int(params["stats"]["top_k"])
-    last = params["backbone"]["layers"][-1]
+    last = common.layer_names(params)[-1]
     label = common.model_label
     seeds = common.seeds(params)
     recorded = {"gt": params["gt"], "top_k": k_top, "train.seeds": seeds}
@@ -57,9 +57,10 @@ def run_inner_output(params: Params) -> None:
         parts: dict[str, list[pd.DataFrame]] = {}
         for seed in seeds:
             log.info("inner vs output saliency, training seed %d", seed)
-            models = {label(name): load_readout(common.readout_path(params, name, seed),
-                                                base)[0]
-                      for name in names}
+            models = {}  # the readouts' nn.Modules, built through the model registry
+            for name in names:
+                path = common.readout_path(params, name, seed)
+                models[label(name)] = load_model("readout", checkpoint=path, backbone=base).readout
             region_table, perf = region_output_table(
                 models, dataset, regions, ids, drop_first=bool(params["data"]["drop_first"]),
                 gt=params["gt"], progress=common.progress(params))

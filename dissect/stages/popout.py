@@ -53,7 +53,7 @@ def _write_model_tables(per_array: pd.DataFrame, out) -> None:
 def run_popout(params: Params) -> None:
     """Classical models and the pretrained trunk's units (needs no OSIE)."""
     from dissect.data.popout import load_set
-    from dissect.models.classical import load_classical
+    from dissect.models.base import load_model
     from dissect.popout_scoring import inner_unit_nmm, layer_summary, score_model
     from dissect.tables import write_table
 
@@ -62,7 +62,7 @@ def run_popout(params: Params) -> None:
     with stage_record(params.work, "popout", {"popout": p, "top_k": k_top}) as rec:
         arrays = load_set(arrays_dir(params))
         per_array = pd.concat(
-            [score_model(name, "classical", arrays, load_classical(name).saliency,
+            [score_model(name, "classical", arrays, load_model(name).saliency_map,
                          progress=common.progress(params)) for name in p["models"]],
             ignore_index=True)
         inner, _ = inner_unit_nmm(common.backbone(params), layers, arrays, k_top, "pt")
@@ -74,20 +74,42 @@ def run_popout(params: Params) -> None:
         rec["n_arrays"] = len(arrays)
 
 
+def deepgaze_rows(params: Params, base, arrays) -> list[pd.DataFrame]:
+    """DeepGaze I (the ``deepgaze`` stage's model) on the arrays, Table 4's deep rows: with a
+    uniform prior (``deepgaze_uniform``: the arrays have no centre bias of their own) and with
+    the OSIE centre bias of the ``baselines`` stage (``deepgaze_centre``). Scored on its
+    density (``saliency_map``), like the other models' maps."""
+    from dissect.models.base import load_model
+    from dissect.models.baselines import load_centre_bias
+    from dissect.popout_scoring import score_model
+    from dissect.stages.baselines import centre_bias_path
+    from dissect.stages.deepgaze import model_path
+
+    cb = load_centre_bias(centre_bias_path(params))
+    out = []
+    for label, kw in (("deepgaze_uniform", {"uniform_prior": True}),
+                      ("deepgaze_centre", {"prior": cb})):
+        m = load_model("deepgaze", checkpoint=model_path(params), backbone=base, name=label,
+                       device=common.device(params), **kw)
+        out.append(score_model(label, "deepgaze", arrays, m.saliency_map))
+    return out
+
+
 def run_popout_readouts(params: Params) -> None:
-    """The saliency readouts (setup I, each k of setup II) next to the classical models
-    (Table 4), and the last trunk layer's units vs k (Table 6): the readouts of the first
-    training seed (``train.seeds[0]``; the seed issue asks for Tables 3, 7, Fig. 4 and §6 over
-    seeds, and these tables name the seed they use in provenance)."""
+    """The saliency readouts (setup I, each k of setup II) and DeepGaze I
+    (:func:`deepgaze_rows`) next to the classical models (Table 4), and the last trunk layer's
+    units vs k (Table 6): the readouts of the first training seed (``train.seeds[0]``; the
+    seed issue asks for Tables 3, 7, Fig. 4 and §6 over seeds, and these tables name the seed
+    they use in provenance)."""
     from dissect.data.popout import load_set
     from dissect.inner_output import predict_map
+    from dissect.models.base import load_model
     from dissect.popout_scoring import inner_unit_nmm, layer_summary, score_model
-    from dissect.readout import load_readout
     from dissect.tables import write_table
     from dissect.task_compare import finetuned_trunk
 
     k_top = int(params["stats"]["top_k"])
-    last = params["backbone"]["layers"][-1]
+    last = common.layer_names(params)[-1]
     seed = common.seeds(params)[0]
     recorded = {"top_k": k_top, "seed": seed}
     with stage_record(params.work, "popout-readouts", recorded) as rec:
@@ -97,8 +119,8 @@ def run_popout_readouts(params: Params) -> None:
         inner = pd.read_csv(common.work(params, "popout", "inner_units.csv"))
         inner_k = [inner[(inner["model"] == "pt") & (inner["layer"] == last)]]
         for name in common.model_names(params)[1:]:
-            readout, _ = load_readout(common.readout_path(params, name, seed), base)
-            readout.eval()
+            readout = load_model("readout", checkpoint=common.readout_path(params, name, seed),
+                                 backbone=base).readout  # the nn.Module, in eval mode
             label = common.model_label(name)
             scored.append(score_model(f"readout_{label}", "readout", arrays,
                                       lambda image, r=readout: predict_map(r, image)))
@@ -106,6 +128,7 @@ def run_popout_readouts(params: Params) -> None:
                 df, _ = inner_unit_nmm(finetuned_trunk(readout, name), [last], arrays, k_top,
                                        label)
                 inner_k.append(df)
+        scored += deepgaze_rows(params, base, arrays)
         per_array = pd.concat(scored, ignore_index=True)
         inner_all = pd.concat(inner_k, ignore_index=True)
         with common.replacing(common.results(params, "tables", "popout_readouts")) as out:

@@ -100,6 +100,23 @@ def sections(top_k: int) -> list[Section]:
             more_tables=["popout_readouts/table*.md"],
         ),
         Section(
+            "Model scorecard: baselines, classical models, readouts, DeepGaze I",
+            ["evaluate/leaderboard.md"],
+            ["evaluate/leaderboard.png"],
+            links=[("Tidy scorecard (every model × metric, value and image-bootstrap interval)",
+                    "evaluate/summary.csv"),
+                   ("Density conversion of the map-only models (fitted on training images)",
+                    "evaluate/density_conversion.csv"),
+                   ("Fitted baselines (centre bias, gold standard)", "baselines.csv")],
+            text="evaluate",
+        ),
+        Section(
+            "DeepGaze I: layer comparison and what its readout picked",
+            ["deepgaze/layer_comparison.md", "deepgaze/picked_selectivity.md",
+             "deepgaze/picked_units.md"],
+            ["deepgaze/layer_comparison.png", "deepgaze/picked_selectivity.png"],
+        ),
+        Section(
             "Task vs data: pt / sp / sr (Tables 7–8 analogues)",
             ["scene/scene_accuracy.md", "scene/scene_recall.md",
              "task/table7_task_statistics.md", "task/task_permutation_test.md",
@@ -378,6 +395,8 @@ def _section_text(key: str | None, records: Mapping[str, dict],
             lines += conclusion_lines(results / "tables" / "statistics" /
                                       "finetuning_conclusions.csv")
         return lines
+    if key == "evaluate" and results is not None:
+        return scorecard_lines(results / "tables" / "evaluate" / "summary.csv")
     if key == "inner_output":
         from dissect.inner_output import SPEARMAN_NOTE
 
@@ -389,6 +408,44 @@ def _section_text(key: str | None, records: Mapping[str, dict],
         return [f"pt: pretrained trunk; sp: the saliency readout {common.model_label(str(sp))} "
                 "(same stages tuned as sr); sr: the scene-recognition trunk.", ""]
     return []
+
+
+def scorecard_lines(path: Path) -> list[str]:
+    """The scorecard's headline, read from the evaluate stage's tidy summary: IG explained of
+    DeepGaze I, of the best readout and of the best classical model (with their intervals), and
+    the NSS of the centre bias and of the gold standard."""
+    if not path.is_file():
+        return []
+    df = pd.read_csv(path)
+
+    def cell(model: str, metric: str) -> str:
+        r = df[(df["model"] == model) & (df["metric"] == metric)]
+        if r.empty:
+            return "n/a"
+        v, lo, hi = (float(r[c].iloc[0]) for c in ("value", "ci_low", "ci_high"))
+        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    def best(models: list[str]) -> str | None:
+        r = df[(df["metric"] == "ig_explained") & df["model"].isin(models)]
+        return None if r.empty else str(r.loc[r["value"].idxmax(), "model"])
+
+    names = list(pd.unique(df["model"]))
+    readout = best([m for m in names if m.startswith("readout")])
+    classical = best([m for m in names if m in ("itti", "gbvs", "bms", "spectral_residual",
+                                                "fine_grained")])
+    parts = [f"DeepGaze I {cell('deepgaze', 'ig_explained')}"]
+    if readout:
+        parts.append(f"the best readout ({readout}) {cell(readout, 'ig_explained')}")
+    if classical:
+        parts.append(f"the best classical model ({classical}) "
+                     f"{cell(classical, 'ig_explained')}")
+    return [
+        "Information gain explained (IG over the centre bias as a fraction of the gold "
+        "standard's, with its image-bootstrap interval): " + "; ".join(parts) + ". NSS of the "
+        f"centre bias {cell('centre_bias', 'nss')}, of the gold standard "
+        f"{cell('gold_standard', 'nss')}. Readout labels: `readout_k<k>_s<seed>`; map-only "
+        "models are scored by LL/IG through a density fitted on training images "
+        "(`density_conversion.csv`).", ""]
 
 
 def conclusion_lines(path: Path) -> list[str]:

@@ -76,6 +76,7 @@ def run_scene(params: Params) -> None:
               common.replacing(common.results(params, "tables", "scene")) as tables_dir,
               common.replacing(common.results(params, "figures", "scene_confusion.png"))
               as cm_png):
+            rec["device"] = str(common.device(params, float64=True))
             dataset, regions = common.inputs(params)
             labels = load_scenes(params.path(params["data"]["scenes"]),
                                  min_images=int(sc["min_images"]), dataset=dataset)
@@ -119,19 +120,21 @@ def one_seed(params: Params, dataset, regions, labels, fit_ids, val_ids, heldout
     table8_mean_map_nss``."""
     from dissect.association import associate, save_associations
     from dissect.errors import DataError
-    from dissect.readout import load_readout
+    from dissect.models.base import load_model
     from dissect.scene import evaluate_scene_model, save_scene_model, train_scene_model
     from dissect.stages.extract import extract_store
     from dissect.task_compare import finetuned_trunk, per_image_mean_nss, table8
     from dissect.training import deterministic
 
     sc = params["scene"]
-    last = params["backbone"]["layers"][-1]
+    last = common.layer_names(params)[-1]
     drop_first = bool(params["data"]["drop_first"])
     folder = common.scene_dir(params, scene_seed)
+    folder.mkdir(parents=True, exist_ok=True)
     base = common.backbone(params)
+    dev = common.device(params, float64=True)
     sp_path = common.readout_path(params, sp_name, seed)
-    sp_model, _ = load_readout(sp_path, base)
+    sp_model = load_model("readout", checkpoint=sp_path, backbone=base).readout  # its nn.Module
     log.info("scene model, scene seed %d (paired with training seed %d)", scene_seed, seed)
     with deterministic():
         result = train_scene_model(
@@ -141,6 +144,7 @@ def one_seed(params: Params, dataset, regions, labels, fit_ids, val_ids, heldout
             hidden=[int(h) for h in sc["hidden"]], dropout=float(sc["dropout"]),
             weight_decay=float(sc["weight_decay"]), monitor=str(sc["monitor"]),
             cache_dir=common.work(params, "prefix_cache"), log_path=folder / "history.csv",
+            device=dev,
         )  # fmt: skip
     n_sr, n_sp = len(result.model.tune_stage_names), tuned_stage_count(sp_model)
     if n_sr != n_sp:  # the comparison is only fair when both tasks tuned the same stages
@@ -148,7 +152,8 @@ def one_seed(params: Params, dataset, regions, labels, fit_ids, val_ids, heldout
                                  f"scene model {n_sr} (scene.tuned_stages)")
     save_scene_model(result.model, folder / "model.pt")
     acc, recall, cm, preds = evaluate_scene_model(result.model, dataset, labels, heldout,
-                                                  cache_dir=common.work(params, "prefix_cache"))
+                                                  cache_dir=common.work(params, "prefix_cache"),
+                                                  device=dev)
     preds.to_csv(folder / "predictions.csv", index=False)
     log.info("scene seed %d: accuracy on %d held-out images %.3f", scene_seed, len(heldout), acc)
 
@@ -157,14 +162,14 @@ def one_seed(params: Params, dataset, regions, labels, fit_ids, val_ids, heldout
               "sr": result.model.trunk_backbone()}
     sr_store = folder / "act_sr.zarr"
     extract_store(params, dataset.subset(common.ids_of(params, "heldout")), trunks["sr"],
-                  [last], sr_store)
+                  [last], sr_store, device=dev)
     with common.scheduler(params) as client:
         sr_assoc = associate(sr_store, dataset, regions, drop_first=drop_first, scheduler=client)
     save_associations(sr_assoc, folder / "assoc_sr.zarr")
 
     correct = preds.set_index("image")["correct"]
     per_image = per_image_mean_nss(trunks, dataset, heldout, correct=correct,
-                                   drop_first=drop_first)
+                                   drop_first=drop_first, device=dev)
     per_image.to_csv(folder / "mean_map_nss.csv", index=False)
     cm = cm.copy()
     cm.index.name = "true"

@@ -98,7 +98,7 @@ def run_statistics(params: Params) -> pd.DataFrame:
             write_statistics_tables(stats, out, top=top, last=last, kw=kw)
 
         pairs = dict(zip(seeds, common.scene_seeds(params), strict=True))
-        srs = {seed: params.work / "scene" / common.seed_label(sc) / "assoc_sr.zarr"
+        srs = {seed: common.scene_dir(params, sc) / "assoc_sr.zarr"
                for seed, sc in pairs.items()}
         task = params.results / "tables" / "task"
         if all(p.exists() for p in srs.values()):

@@ -43,6 +43,8 @@ def run_train(params: Params) -> pd.DataFrame:
             fit_ids, val_ids = split_train_val(train_ids, float(t["val_fraction"]),
                                                int(t["val_seed"]))
             bb = common.backbone(params)
+            dev = common.device(params, float64=True)
+            rec["device"] = str(dev)
             curves = []
             summary = {"n_stages": len(bb.stages), "stages": bb.stage_names, "seeds": seeds,
                        "threads": threads, "runs": []}
@@ -63,6 +65,7 @@ def run_train(params: Params) -> pd.DataFrame:
                         drop_first=bool(params["data"]["drop_first"]), heldout_ids=heldout,
                         cache_dir=common.work(params, "prefix_cache"),
                         log_path=folder / "history.csv", checkpoint_path=folder / "model.pt",
+                        device=dev,
                     )  # fmt: skip
                     h = res.history.copy()
                     h.insert(0, "model", name)
