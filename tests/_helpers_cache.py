@@ -66,6 +66,29 @@ class TinyImages:
         return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
+def png_fixation_dataset(root: Path, sizes: list[tuple[int, int]], n_subjects: int,
+                         seed: int, n_fix: int = 4):
+    """PNG stimuli ``im0, im1, …`` of the given ``(H, W)`` sizes (random pixels) written under
+    ``root``, each with ``n_subjects`` observers × ``n_fix`` uniformly random fixations (order
+    0 = the start); everything drawn from ``numpy.random.default_rng(seed)`` image by image."""
+    import pandas as pd
+    from PIL import Image
+
+    from dissect.data.osie import FixationDataset, Stimulus
+
+    rng = np.random.default_rng(seed)
+    stimuli, rows = [], []
+    for k, (h, w) in enumerate(sizes):
+        f = Path(root) / f"im{k}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(f)
+        stimuli.append(Stimulus(f"im{k}", f, h, w))
+        for s in range(n_subjects):
+            for o in range(n_fix):
+                rows.append((f"im{k}", s, o, rng.uniform(0, w - 1), rng.uniform(0, h - 1), 200.0))
+    fix = pd.DataFrame(rows, columns=["image", "subject", "order", "x", "y", "duration"])
+    return FixationDataset.from_table(stimuli, fix, "synthetic")
+
+
 def count_forwards(backbone: Backbone, count_file: Path | None = None) -> list[int]:
     """Count passes through the first conv (every forward, incl. the shape probe)."""
     calls: list[int] = []

@@ -41,3 +41,17 @@ def osie_regions(osie_regions_root, osie):
     from dissect.data import load_regions
 
     return load_regions(osie_regions_root, dataset=osie)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test, the previous count restored afterwards: tiny
+    tensors gain nothing from threads, and on a shared 2-core machine two threads fighting
+    another process are many times slower (OpenMP spin-waits). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -28,14 +28,6 @@ from dissect.preprocess import Preprocess
 HELPER = Path(__file__).with_name("_helpers_cache.py")
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _arrays(store: Path) -> dict[str, np.ndarray]:
     out = {}
     for prefix, var in (("act", "activation"), ("grad", "gradient")):
@@ -142,7 +134,7 @@ def test_gradients_stored(tmp_path):
 
 
 @pytest.mark.parametrize("kill", ["forward:2", "write:9"])
-def test_resume_after_sigkill(tmp_path, one_thread, kill):
+def test_resume_after_sigkill(tmp_path, one_torch_thread, kill):
     """Kill -9 part-way, rerun with the same arguments: the done batches are not recomputed and
     the arrays equal an uninterrupted run bit for bit."""
     n_batches = -(-N_IMAGES // BATCH)

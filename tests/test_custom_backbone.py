@@ -11,17 +11,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from _helpers_cache import png_fixation_dataset
 from _reference import resize
-from PIL import Image
 
 from dissect.backbones import state_dict_sha256
 from dissect.cache import open_activations
 from dissect.capture import LayerCapture
 from dissect.config import load_params
-from dissect.data.osie import FixationDataset, Stimulus
 from dissect.errors import DataError
 from dissect.params_schema import ParamsError
 from dissect.stages import common
@@ -36,14 +34,10 @@ LAYERS = {"r1": "relu1", "blk": "block.3", "r3": "relu3"}
 
 
 @pytest.fixture(autouse=True)
-def _setup(monkeypatch):
+def _setup(monkeypatch, one_torch_thread):
     """The factory module is importable as ``_custom_model`` (as a user's module on
     PYTHONPATH would be); tiny models gain nothing from threads on a shared machine."""
     monkeypatch.syspath_prepend(str(HERE))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def custom_params(tmp_path, **overrides):
@@ -56,20 +50,9 @@ def custom_params(tmp_path, **overrides):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    """Three PNG stimuli of two sizes, 3 observers × 4 fixations each (order 0 = start)."""
-    root = tmp_path_factory.mktemp("img")
-    rng = np.random.default_rng(0)
-    stimuli, rows = [], []
-    for k in range(5):
-        h, w = (40, 48) if k % 2 else (30, 36)
-        f = root / f"im{k}.png"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(f)
-        stimuli.append(Stimulus(f"im{k}", f, h, w))
-        for s in range(3):
-            for o in range(4):
-                rows.append((f"im{k}", s, o, rng.uniform(0, w - 1), rng.uniform(0, h - 1), 200.0))
-    fix = pd.DataFrame(rows, columns=["image", "subject", "order", "x", "y", "duration"])
-    return FixationDataset.from_table(stimuli, fix, "synthetic")
+    """Five PNG stimuli of two sizes, 3 observers × 4 fixations each (order 0 = start)."""
+    sizes = [(40, 48) if k % 2 else (30, 36) for k in range(5)]
+    return png_fixation_dataset(tmp_path_factory.mktemp("img"), sizes, n_subjects=3, seed=0)
 
 
 def reference_maps(build, paths: dict[str, str], img: np.ndarray, *, seed: int = 0,

@@ -61,14 +61,7 @@ def _synthetic(n_images: int = 60, n_fix: int = 40, seed: int = 1):
     return features, fixations, torch.tensor(centre, dtype=torch.float32), w_true
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on a shared machine (a
-    training epoch takes 0.03 s alone, 0.7 s when two threads fight another process)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

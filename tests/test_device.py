@@ -9,16 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-from _helpers_cache import tiny_backbone
-from PIL import Image
+from _helpers_cache import png_fixation_dataset, tiny_backbone
 
 import dissect.device
 from dissect.config import load_params
-from dissect.data.osie import FixationDataset, Stimulus
 from dissect.device import DeviceError, check_device_name, resolve_device
 from dissect.params_schema import ParamsError
 from dissect.stages import common
@@ -27,12 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "pipelines" / "params.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -131,19 +122,8 @@ def test_training_stages_refuse_mps_up_front(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ the device reaches tensors
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("img")
-    rng = np.random.default_rng(1)
-    stimuli, rows = [], []
-    for k in range(6):
-        h, w = 20 + k, 24
-        f = root / f"im{k}.png"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(f)
-        stimuli.append(Stimulus(f"im{k}", f, h, w))
-        for s in range(2):
-            for o in range(4):
-                rows.append((f"im{k}", s, o, rng.uniform(0, w - 1), rng.uniform(0, h - 1), 200.0))
-    fix = pd.DataFrame(rows, columns=["image", "subject", "order", "x", "y", "duration"])
-    return FixationDataset.from_table(stimuli, fix, "synthetic")
+    sizes = [(20 + k, 24) for k in range(6)]
+    return png_fixation_dataset(tmp_path_factory.mktemp("img"), sizes, n_subjects=2, seed=1)
 
 
 def test_extraction_runs_on_the_device(images, tmp_path, monkeypatch):

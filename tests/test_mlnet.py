@@ -31,13 +31,7 @@ from dissect.models.mlnet import (
 # ---------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """A shared 2-core machine: threads cost more than they bring for these sizes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

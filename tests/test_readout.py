@@ -29,13 +29,7 @@ from dissect.training import _Targets, nss_loss, split_train_val, train_readout
 # ---------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_backbone(seed: int = 0, weights_id: str = "tiny-0") -> Backbone:
