@@ -34,6 +34,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "baselines": ("baselines", "fit the centre bias and the gold standard on training images"),
     "extract-deepgaze": ("deepgaze", "cache the DeepGaze I feature layers at half image size"),
     "deepgaze": ("deepgaze", "DeepGaze I: layer comparison, committed model, picked units"),
+    "mlnet": ("mlnet", "train ML-Net (multi-level features, learned prior) on the training split"),
+    "mlnet-dissect": ("mlnet_dissect", "ML-Net's encoding units (Eq. 1), learned prior, pop-out"),
     "evaluate": ("evaluate", "every model x every metric on held-out images: the leaderboard"),
     "scene": ("scene", "scene-recognition fine-tuning and pt/sp/sr comparison: Tables 7-8"),
     "figures": ("figures", "all figures from the committed tables and caches"),

@@ -74,6 +74,7 @@ from dissect.data.osie import FixationDataset
 from dissect.errors import DataError
 from dissect.metrics import auc_borji, auc_judd, cc, kld, nss, sauc, sim
 from dissect.models.base import ProbabilisticModel, SaliencyModel, StimulusImage
+from dissect.models.density import SaliencyDensity
 from dissect.scoring import fixation_log_densities
 from dissect.statistics import _image_resamples, _jackknife_weights, bootstrap_interval
 
@@ -85,6 +86,7 @@ __all__ = [
     "image_seed",
     "leaderboard",
     "other_fixations",
+    "per_image_table",
     "score_chunk",
     "score_image",
     "summarise",
@@ -178,11 +180,17 @@ def _metric(src: str, metric: str, fn: Callable[..., float], *args: Any, **kw: A
 
 
 def _fixation_bits(
-    model: ProbabilisticModel, stimulus: StimulusImage, rows: pd.DataFrame, name: str
+    model: ProbabilisticModel, stimulus: StimulusImage, rows: pd.DataFrame, name: str,
+    smap: NDArray[np.float64] | None = None,
 ) -> NDArray[np.float64]:
-    """log2 density of ``model`` at each fixation row (observer-dependent models held out)."""
+    """log2 density of ``model`` at each fixation row (observer-dependent models held out).
+    ``smap``: the model's saliency map of this image when already computed; a map-only model's
+    density (:class:`SaliencyDensity`) is then built from it (no second forward pass)."""
     try:
-        return fixation_log_densities(model, stimulus, rows) / _LN2
+        ld = None
+        if smap is not None and isinstance(model, SaliencyDensity):
+            ld = model.log_density_of_map(smap, tuple(smap.shape))
+        return fixation_log_densities(model, stimulus, rows, ld) / _LN2
     except DataError as e:
         raise DataError(f"{name} on image {stimulus.id}", str(e)) from e
 
@@ -247,7 +255,7 @@ def score_image(
         if _bits_centre is None:
             _bits_centre = _fixation_bits(centre_bias, stimulus, rows, "centre bias")
         if isinstance(model, ProbabilisticModel):
-            bits = _fixation_bits(model, stimulus, rows, name)
+            bits = _fixation_bits(model, stimulus, rows, name, smap)
             h, w = size
             out["ll_sum"] = float(np.sum(bits + np.log2(float(h) * float(w))))
             out["ig_sum"] = float(np.sum(bits - _bits_centre))
@@ -306,7 +314,7 @@ def score_chunk(
     return pd.DataFrame.from_records(records).reindex(columns=cols)
 
 
-def _tidy(records: pd.DataFrame) -> pd.DataFrame:
+def per_image_table(records: pd.DataFrame) -> pd.DataFrame:
     """Per-image tidy table ``model, image, metric, value, n_fixations`` (LL/IG rows only for
     probabilistic models)."""
     long = records.melt(id_vars=["model", "image", "n_fixations"],
@@ -457,7 +465,7 @@ def evaluate_models(
         for c in chunks
     ], ignore_index=True)
     summary = summarise(records, n_boot=n_boot, seed=seed, level=level, method=ci_method)
-    return _tidy(records), summary
+    return per_image_table(records), summary
 
 
 def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:

@@ -1326,3 +1326,27 @@ def leaderboard_figure(summary: pd.DataFrame, metrics: Sequence[str] = ("ig_expl
     _note(fig, "bars: held-out value; whiskers: image-bootstrap interval; grey: baselines, "
                "orange: readouts, red: DeepGaze I, blue: classical")
     return fig
+
+
+@_styled
+def prior_figure(prior: np.ndarray, centre_bias: np.ndarray, *, cc: float | None = None,
+                 title: str = "ML-Net's learned prior") -> Figure:
+    """A learned multiplicative prior on the image (ML-Net's ``up(1 + W)``, mapped to the
+    image's pixels) beside the centre-bias baseline's density on the same image, each with its
+    own colour scale (a multiplier against a probability density), and ``cc`` (their Pearson
+    correlation over pixels) in the caption."""
+    p = _check_map(prior, "learned prior")
+    c = _check_map(centre_bias, "centre bias")
+    if p.shape != c.shape:
+        raise DataError("prior figure", f"prior {p.shape} and centre bias {c.shape} differ")
+    fig = _new_figure(7.2, 2.8)
+    axes = fig.subplots(1, 2)
+    for ax, arr, name, label in ((axes[0], p, title, "multiplier"),
+                                 (axes[1], c, "centre bias (baselines stage)", "density")):
+        im = ax.imshow(arr, cmap="magma", interpolation="nearest")
+        _bare(ax)
+        ax.set_title(name)
+        fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+    if cc is not None:
+        _note(fig, f"Pearson correlation over the image's pixels: {cc:.3f}")
+    return fig

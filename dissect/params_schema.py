@@ -289,8 +289,32 @@ class DeepGazeParams(_Section):
     n_null: Count  # random unit sets for the picked units' permutation null
 
 
+def _input_size(value: Any) -> Any:
+    """ML-Net's input ``[rows, cols]``: two multiples of 8 (the output stride), each ≥ 80 (the
+    prior grid has ``side / 80`` cells)."""
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"must be [rows, cols], two integers, got {value!r}")
+    if any(v < 80 or v % 8 for v in value):
+        raise ValueError(f"rows and cols must be multiples of 8 and at least 80, got {value}")
+    return value
+
+
+class MLNetParams(_Section):
+    input_size: Annotated[list, PlainValidator(_input_size)]  # [rows, cols] of the letterbox
+    trunk: Literal["frozen", "finetuned"]  # finetuned: the whole network (the reference)
+    optimizer: Literal["sgd", "adam"]  # sgd: Nesterov momentum, the reference's
+    lr: Positive
+    momentum: Fraction  # sgd only
+    decay: NonNegative  # Keras' per-update decay: lr / (1 + decay · updates)
+    batch_size: Count
+    epochs: Count
+    patience: Count  # early stopping on the validation loss (best epoch kept)
+    seed: Seed
+
+
 EVALUATE_MODELS = ("uniform", "centre_bias", "gold_standard", *CLASSICAL_NAMES, "readouts",
-                   "deepgaze")
+                   "deepgaze", "mlnet")
 
 
 class EvaluateParams(_Section):
@@ -322,6 +346,7 @@ class ParamsSchema(_Section):
     dask: DaskParams
     baselines: BaselinesParams
     deepgaze: DeepGazeParams
+    mlnet: MLNetParams
     evaluate: EvaluateParams
 
 

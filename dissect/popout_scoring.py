@@ -140,7 +140,7 @@ def inner_unit_nmm(
             with torch.no_grad():
                 acts = cap.attribute(backbone.preprocess(a.image))
             for layer in layers:
-                maps = acts[layer][0].double().numpy()
+                maps = acts[layer][0].double().cpu().numpy()  # the model may be on a GPU
                 v = unit_nmm(maps, a.mask.shape, a.mask)
                 u = int(np.nanargmax(v)) if np.isfinite(v).any() else -1
                 rows.append({"model": model, "layer": layer, "array": a.id,

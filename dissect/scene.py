@@ -62,7 +62,6 @@ __all__ = [
     "class_weights",
     "train_scene_model",
     "evaluate_scene_model",
-    "plot_confusion",
     "save_scene_model",
     "load_scene_model",
     "prefix_features",
@@ -641,11 +640,3 @@ def evaluate_scene_model(
         }
     )
     return float(correct.mean()), recall, cm, predictions
-
-
-def plot_confusion(cm: pd.DataFrame, path: str | Path, *, title: str | None = None) -> Path:
-    """Confusion heatmap of row fractions (recall per class; :func:`dissect.figures.confusion`,
-    title with the accuracy) written as a PNG at 200 dpi (:func:`dissect.figures.save_figure`)."""
-    from dissect.figures import confusion, save_figure
-
-    return save_figure(confusion(cm, normalize=True, title=title), path)

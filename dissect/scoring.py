@@ -141,7 +141,8 @@ def ig_explained(ig_model: float, ig_gold: float) -> float:
 
 
 def fixation_log_densities(
-    model: ProbabilisticModel, stimulus: StimulusImage, fixations: pd.DataFrame
+    model: ProbabilisticModel, stimulus: StimulusImage, fixations: pd.DataFrame,
+    log_density: NDArray[np.float64] | None = None,
 ) -> NDArray[np.float64]:
     """Natural-log density of ``model`` at each fixation (rows of ``fixations`` with columns
     ``subject, x, y``; the output follows the row order), every check of :func:`log_likelihood`.
@@ -150,7 +151,8 @@ def fixation_log_densities(
     under :meth:`~dissect.models.base.ProbabilisticModel.log_density_held_out` (the density
     without that subject); for every other model under one ``log_density``. Averaging
     ``(model − baseline) / ln 2`` over all fixations of all images gives IG in bits/fixation
-    (pysaliency's ``average='fixation'``).
+    (pysaliency's ``average='fixation'``). ``log_density``: the model's log density on this
+    image when the caller has it already (observer-independent models only).
     """
     missing = {"subject", "x", "y"} - set(fixations.columns)
     if missing:
@@ -162,8 +164,11 @@ def fixation_log_densities(
     name = getattr(model, "name", type(model).__name__) or type(model).__name__
     what = f"{name} log density"
     if not model.observer_dependent:
-        out[:] = _values_at_fixations(model.log_density(stimulus), xy, stimulus.id, what)
+        ld = model.log_density(stimulus) if log_density is None else log_density
+        out[:] = _values_at_fixations(ld, xy, stimulus.id, what)
         return out
+    if log_density is not None:
+        raise ValueError(f"{name} is observer-dependent: its log density differs per subject")
     subjects = fixations["subject"].to_numpy()
     for s in pd.unique(subjects):
         mine = subjects == s

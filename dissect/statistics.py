@@ -1109,3 +1109,43 @@ def improvement(stats_by_k: pd.DataFrame, stat: str | None = None) -> pd.DataFra
         sort = ["_l", *sort]
     out = out.sort_values(sort, kind="stable")
     return out[cols].reset_index(drop=True)
+
+
+def compare_with_layers(stats: pd.DataFrame, layer: str, stat: str) -> pd.DataFrame:
+    """Per category (in first-seen order): ``layer``'s ``stat`` (value, excess over the null,
+    p-value) beside the best other layer of ``stats`` by value (ties: the first listed), and
+    whether ``layer`` is higher — e.g. a model's own units against every layer of the trunk it
+    reads. Undefined (NaN) values of other layers are skipped; with none left the best is
+    empty and ``higher`` False. ``stats``: rows of :func:`category_statistics` (``layer,
+    category, stat, value, excess, p_value``) for one set of images. A category ``layer`` lacks,
+    or a repeated (layer, category) row → :class:`DataError`."""
+    need = {"layer", "category", "stat", "value", "excess", "p_value"}
+    missing = need - set(stats.columns)
+    if missing:
+        raise DataError("layer comparison", f"statistics lack column(s) {sorted(missing)}")
+    d = stats[stats["stat"] == stat]
+    twice = d[d.duplicated(["layer", "category"])]
+    if len(twice):
+        r = twice.iloc[0]
+        raise DataError("layer comparison", f"{len(twice)} repeated (layer, category) row(s) "
+                                            f"of {stat}, e.g. ({r['layer']}, {r['category']})")
+    own = d[d["layer"] == layer].set_index("category")
+    others = d[d["layer"] != layer]
+    if own.empty or others.empty:
+        raise DataError("layer comparison", f"no {stat} rows for {layer!r} or for other layers")
+    rows = []
+    for cat in pd.unique(d["category"]):
+        if cat not in own.index:
+            raise DataError("layer comparison", f"{layer!r} has no {stat} for {cat!r}")
+        o = others[(others["category"] == cat) & others["value"].notna()]  # NaN: undefined
+        best = o.iloc[int(np.argmax(o["value"].to_numpy()))] if len(o) else None
+        r = own.loc[cat]
+        rows.append({
+            "category": cat, "value": float(r["value"]), "excess": float(r["excess"]),
+            "p_value": float(r["p_value"]),
+            "best_other_layer": None if best is None else str(best["layer"]),
+            "best_other_value": np.nan if best is None else float(best["value"]),
+            "best_other_excess": np.nan if best is None else float(best["excess"]),
+            "higher": bool(best is not None and r["value"] > best["value"]),
+        })
+    return pd.DataFrame(rows)

@@ -313,3 +313,32 @@ def test_sauc_negatives_of_other_sizes_map_through_the_unit_square():
     neg = other_fixations(d, "a", ["a", "b"], drop_first=False)
     # x' = (x + 1/2)/20 · 40 − 1/2, y' = (y + 1/2)/10 · 20 − 1/2
     np.testing.assert_allclose(neg, [[0.5, 0.5], [38.5, 18.5]])
+
+
+def test_a_map_only_model_runs_once_per_image_and_its_density_is_unchanged(ds, setup):
+    """The scorecard scores the map and the density of a map-only model from one call of its
+    ``saliency_map`` per image (the map is the expensive part: a network's forward pass); the
+    log-likelihood is that of ``log_density`` computed on its own."""
+    from dissect.evaluation import score_image
+    from dissect.scoring import fixation_log_densities
+
+    cb, gold, dens, *_ = setup
+    calls: list[str] = []
+
+    class Counting(MapModel):
+        def saliency_map(self, image):
+            calls.append(image.id)
+            return super().saliency_map(image)
+
+    counted = SaliencyDensity(Counting(), cb, dens.sigma, dens.gamma, dens.weight)
+    for i in EVAL[:3]:
+        calls.clear()
+        row = score_image(counted, stim(ds, i), ds, centre_bias=cb, gt_sigma_px=GT, rng=0)
+        assert calls == [i]
+        rows = ds.fixations_of(i, drop_first=True)
+        ll = fixation_log_densities(dens, stim(ds, i), rows) / math.log(2)
+        h, w = SIZE
+        assert row["ll_sum"] == pytest.approx(float(np.sum(ll + np.log2(h * w))), rel=1e-12)
+    with pytest.raises(ValueError, match="observer-dependent"):
+        fixation_log_densities(gold, stim(ds, EVAL[0]), ds.fixations_of(EVAL[0]),
+                               np.zeros(SIZE))

@@ -112,6 +112,12 @@ CASES = [
     ({"dask.chunk_images": 0}, "dask.chunk_images", "greater than or equal to 1"),
     ({"stats": 3}, "stats", "must be a mapping"),
     ({"work.sub": 1}, "work.sub", "work is not a section"),
+    ({"mlnet.input_size": [480, 644]}, "mlnet.input_size", "multiples of 8"),
+    ({"mlnet.input_size": [72, 640]}, "mlnet.input_size", "at least 80"),
+    ({"mlnet.input_size": 480}, "mlnet.input_size", r"\[rows, cols\]"),
+    ({"mlnet.trunk": "partial"}, "mlnet.trunk", "'frozen' or 'finetuned'"),
+    ({"mlnet.optimizer": "adamw"}, "mlnet.optimizer", "'sgd' or 'adam'"),
+    ({"evaluate.models": ["mlnett"]}, "evaluate.models[0]", "got 'mlnett'"),
 ]
 
 

@@ -12,21 +12,23 @@ from torch import nn
 
 from dissect.backbones import load_backbone
 from dissect.errors import DataError
-from dissect.models.base import SaliencyModel
+from dissect.models.base import SaliencyModel, load_model
+from dissect.models.builtin import MLNetModel, mlnet_model
 from dissect.models.mlnet import (
     LearnedPrior,
     MLNet,
-    MLNetModel,
     SamePool2x2,
+    density_target,
     letterbox,
     load_mlnet,
     mlnet_loss,
-    mlnet_model,
     mlnet_optimizer,
     save_mlnet,
+    train_mlnet,
     train_step,
     unletterbox,
 )
+from dissect.preprocess import Preprocess
 
 # ---------------------------------------------------------------------- fixtures
 
@@ -253,8 +255,8 @@ def test_freeze_trunk(lite):
 def test_lite0_layout(lite):
     net = MLNet.from_backbone(lite, input_size=(96, 128)).eval()
     assert net.layers == {"block4_out": "trunk._blocks.4", "block10_out": "trunk._blocks.10",
-                          "head": "trunk._head_act", "encoding": "encode.1"}
-    assert net.source_layers == ["block4_out", "block10_out", "head"]
+                          "block15_out": "trunk._blocks.15", "encoding": "encode.1"}
+    assert net.source_layers == ["block4_out", "block10_out", "block15_out"]
     assert net.output_size == (12, 16) and net.prior.grid == (1, 1)
     seen, handles = _hooked(net, net.layers)
     x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(3))
@@ -266,15 +268,15 @@ def test_lite0_layout(lite):
     finally:
         for h in handles:
             h.remove()
-    assert feats.shape == (1, 40 + 112 + 1280, 12, 16)
+    assert feats.shape == (1, 40 + 112 + 320, 12, 16)
     assert enc.shape == (1, 64, 12, 16) and out.shape == (1, 12, 16)
     assert bool((out >= 0).all())
-    b4, b10, head = (seen[k][0] for k in ("block4_out", "block10_out", "head"))
+    b4, b10, head = (seen[k][0] for k in ("block4_out", "block10_out", "block15_out"))
     assert tuple(b4.shape) == (1, 40, 12, 16)      # stride 8
     assert tuple(b10.shape) == (1, 112, 6, 8)      # stride 16
-    assert tuple(head.shape) == (1, 1280, 3, 4)    # stride 32
+    assert tuple(head.shape) == (1, 320, 3, 4)     # stride 32
     assert torch.equal(seen["encoding"][-1], enc)
-    assert len(seen["head"]) == 3  # once per call (features, encoding, forward)
+    assert len(seen["block15_out"]) == 3  # once per call (features, encoding, forward)
     # the deeper maps are bilinearly upsampled to the stride-8 grid
     assert torch.equal(feats[:, :40], b4)
     up10 = F.interpolate(b10, size=(12, 16), mode="bilinear", align_corners=False)
@@ -374,7 +376,7 @@ def test_adapter_saliency_map_and_checkpoint_round_trip(lite, tmp_path):
     assert sal.shape == (50, 90) and sal.dtype == np.float64
     assert np.isfinite(sal).all() and (sal >= 0).all() and sal.max() > 0
     assert model.layer_module("encoding") is net.encode[1]
-    assert model.layer_module("head") is net.trunk._head_act
+    assert model.layer_module("block15_out") is net.trunk._blocks[15]
     assert model.module is net
 
     path = save_mlnet(tmp_path / "mlnet" / "model.pt", net, {"seed": 0, "epochs": 2})
@@ -387,8 +389,8 @@ def test_adapter_saliency_map_and_checkpoint_round_trip(lite, tmp_path):
         (96, 128), "efficientnet_lite0", lite.weights_id)
     assert np.array_equal(MLNetModel(loaded).saliency_map(image), sal)
 
-    # the registry factory (registered under "mlnet" with the ML-Net stages, issue 13)
-    by_name = mlnet_model(path, backbone="efficientnet_lite0", name="m")
+    # the registry factory
+    by_name = load_model("mlnet", checkpoint=path, backbone="efficientnet_lite0", name="m")
     assert isinstance(by_name, MLNetModel) and by_name.name == "m"
     assert np.array_equal(by_name.saliency_map(image), sal)
     assert mlnet_model(path, backbone=lite).layers == net.layers
@@ -408,3 +410,154 @@ def test_checkpoint_errors(lite, vgg, tmp_path):
     good = save_mlnet(tmp_path / "lite.pt", MLNet.from_backbone(lite, input_size=(96, 128)))
     with pytest.raises(DataError, match="efficientnet_lite0, given backbone 'vgg16'"):
         load_mlnet(good, vgg)
+
+
+# ---------------------------------------------------------------------- 8. targets, inputs, units
+
+
+def test_density_target_hand_computed(vgg):
+    net = MLNet.from_backbone(vgg, input_size=(80, 80))
+    d = np.zeros((80, 80))
+    d[0, 0] = 64.0           # cell (0, 0): mean 64 / 64 = 1
+    d[8:16, 16:24] = 0.5     # cell (1, 2): 0.5
+    d[79, 79] = 6.4          # cell (9, 9): 0.1
+    t = density_target(d, net)
+    expected = np.zeros((10, 10))
+    expected[0, 0], expected[1, 2], expected[9, 9] = 1.0, 0.5, 0.1
+    np.testing.assert_allclose(t, expected, atol=1e-12)
+    # a half-height map is letterboxed: rows 20..59 of the canvas, zeros above and below
+    half = np.ones((40, 80))
+    t = density_target(half, net)
+    loop = np.array([[np.mean([1.0 if 20 <= r < 60 else 0.0 for r in range(8 * i, 8 * i + 8)])
+                      for _ in range(10)] for i in range(10)])
+    np.testing.assert_allclose(t, loop, atol=1e-12)
+    for bad, words in ((np.zeros((80, 80)), "all zero"), (np.ones((2, 80, 80)), "shape"),
+                       (np.full((80, 80), np.nan), "NaN"), (-np.ones((80, 80)), "negative")):
+        with pytest.raises(DataError, match=words):
+            density_target(bad, net)
+
+
+def test_prepare_letterboxes_with_normalised_black(lite):
+    net = MLNet.from_backbone(lite, input_size=(96, 128))
+    rng = np.random.default_rng(1)
+    same = rng.integers(0, 256, size=(150, 200, 3)).astype(np.uint8)  # the canvas's aspect
+    x, box = net.prepare(same)
+    assert (box.top, box.left, box.height, box.width) == (0, 0, 96, 128)
+    assert torch.equal(x, Preprocess((96, 128), net.mean, net.std)(same))
+    wide = rng.integers(0, 256, size=(40, 160, 3)).astype(np.uint8)  # 1:4 → content 32 × 128
+    x, box = net.prepare(wide)
+    assert (box.top, box.height, box.left, box.width) == (32, 32, 0, 128)
+    black = torch.tensor([(0 - m) / s for m, s in zip(net.mean, net.std, strict=True)])
+    assert torch.allclose(x[0, :, :32], black.view(3, 1, 1).expand(3, 32, 128))
+    assert torch.allclose(x[0, :, 64:], black.view(3, 1, 1).expand(3, 32, 128))
+    assert torch.equal(x[:, :, 32:64], Preprocess((32, 128), net.mean, net.std)(wide))
+    with pytest.raises(DataError, match="uint8"):
+        net.prepare(same.astype(np.float32))
+
+
+def test_as_backbone_captures_the_encoding_units(lite):
+    from dissect.capture import LayerCapture
+
+    net = MLNet.from_backbone(lite, input_size=(96, 128)).eval()
+    bb = net.as_backbone()
+    assert list(bb.layers) == ["encoding"] and bb.preprocess.size == (96, 128)
+    image = np.random.default_rng(2).integers(0, 256, size=(96, 128, 3)).astype(np.uint8)
+    x = bb.preprocess(image)
+    with LayerCapture(bb, ["encoding"]) as cap, torch.no_grad():
+        got = cap.attribute(x)["encoding"]
+    with torch.no_grad():
+        assert torch.equal(got, net.encoding(x))
+    first = bb.weights_id
+    assert net.as_backbone().weights_id == first  # the same state, the same id
+    with torch.no_grad():
+        net.readout[0].bias.add_(1.0)
+    assert net.as_backbone().weights_id != first  # any trained weight changes it
+    with pytest.raises(DataError, match="no layer"):
+        net.as_backbone(["conv9"])
+
+
+# ---------------------------------------------------------------------- 9. the training loop
+
+
+def _target_list(net: MLNet, n: int, seed: int):
+    """:func:`_synthetic`'s images (uint8, the same draws) and targets (float64 arrays)."""
+    _, y = _synthetic(net, n=n, seed=seed)
+    return _synthetic_images(net, n, seed), [t.numpy().astype(np.float64) for t in y]
+
+
+def _synthetic_images(net: MLNet, n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    H, W = net.input_size
+    out = []
+    for _ in range(n):
+        im = rng.integers(20, 60, size=(H, W, 3)).astype(np.uint8)
+        r, c = int(rng.integers(8, H - 32)), int(rng.integers(8, W - 32))
+        im[r:r + 24, c:c + 24] = 235
+        out.append(im)
+    return out
+
+
+def test_train_mlnet_learns_and_keeps_the_best_epoch(lite):
+    net = MLNet.from_backbone(lite, input_size=(96, 128), seed=0)
+    images, targets = _target_list(net, 6, seed=0)
+    val_images, val_targets = _target_list(net, 2, seed=1)
+    x_val = torch.cat([net.prepare(im)[0] for im in val_images])
+    y_val = torch.tensor(np.stack(val_targets), dtype=torch.float32)
+
+    def val_loss() -> float:
+        net.eval()
+        with torch.no_grad():
+            return float(mlnet_loss(net(x_val), y_val, net.prior.weight))
+
+    start = val_loss()
+    net, history = train_mlnet(net, images, targets, val_images, val_targets, epochs=4,
+                               batch_size=3, patience=4, optimizer="adam", lr=1e-3, seed=0)
+    losses = [h["val_loss"] for h in history]
+    assert len(history) == 4 and min(losses) < start
+    assert history[0]["train_loss"] > history[-1]["train_loss"]
+    best = int(np.argmin(losses))
+    assert [h["best"] for h in history][best] is True
+    # the returned network is the best epoch's (recomputed from scratch on the live trunk)
+    assert val_loss() == pytest.approx(losses[best], rel=1e-5)
+    assert not net.training
+
+
+def test_train_mlnet_cached_sources_equal_the_live_trunk(lite):
+    """Frozen training computes the trunk once per image; with the trunk frozen, training the
+    whole network (the trunk run every step, its weights unchanged) gives the same weights."""
+    kw = dict(epochs=2, batch_size=2, patience=2, optimizer="sgd", lr=1e-2, seed=3)
+    a = MLNet.from_backbone(lite, input_size=(96, 128), seed=1)
+    b = MLNet.from_backbone(lite, input_size=(96, 128), seed=1)
+    images, targets = _target_list(a, 4, seed=2)
+    a, ha = train_mlnet(a, images, targets, images[:1], targets[:1], frozen=True, **kw)
+    b.freeze_trunk()
+    # the live path: frozen=False trains every parameter that requires a gradient; freezing
+    # the trunk by hand first leaves only the head trainable, as in the cached path
+    b.freeze_trunk = lambda frozen=True: b  # keep the hand freezing
+    b, hb = train_mlnet(b, images, targets, images[:1], targets[:1], frozen=False, **kw)
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v, b.state_dict()[k], atol=1e-6), k
+    assert [h["train_loss"] for h in ha] == pytest.approx([h["train_loss"] for h in hb],
+                                                           rel=1e-5)
+
+
+def test_train_mlnet_early_stopping_and_bad_targets(lite):
+    net = MLNet.from_backbone(lite, input_size=(96, 128))
+    images, targets = _target_list(net, 2, seed=4)
+    # an absurd learning rate: the validation loss stops improving, patience 1 stops it, and
+    # the returned network is the best epoch's, not the last one's
+    net, history = train_mlnet(net, images, targets, images, targets, epochs=10, batch_size=2,
+                               patience=1, optimizer="sgd", lr=50.0, seed=0)
+    assert len(history) < 10 and history[-1]["best"] is False
+    x = torch.cat([net.prepare(im)[0] for im in images])
+    with torch.no_grad():
+        again = float(mlnet_loss(net(x), np.stack(targets), net.prior.weight))
+    losses = [h["val_loss"] for h in history]
+    assert again == pytest.approx(min(losses), rel=1e-5) and again < losses[-1]
+    bad = [targets[0], np.zeros((5, 5))]
+    with pytest.raises(DataError, match="training target 1"):
+        train_mlnet(net, images, bad, images, targets)
+    with pytest.raises(DataError, match="validation target 0.*all zero"):
+        train_mlnet(net, images, targets, images[:1], [np.zeros_like(targets[0])])
+    with pytest.raises(DataError, match="2 images with 1 targets"):
+        train_mlnet(net, images, targets[:1], images, targets)

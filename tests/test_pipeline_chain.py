@@ -117,6 +117,19 @@ def test_whole_chain_on_a_dozen_osie_images(chain):
     assert ige["gold_standard"] == pytest.approx(1.0) and ige["centre_bias"] == 0.0
     assert (res / "figures" / "evaluate" / "leaderboard.png").is_file()
     assert (res / "figures" / "deepgaze" / "layer_comparison.png").is_file()
+    # ML-Net: trained, scored, in Table 4, its encoding units dissected beside the trunk's
+    assert "mlnet" in models and "mlnet" in set(t4["model"])
+    curve = pd.read_csv(res / "tables" / "mlnet_training" / "training_curve.csv")
+    assert len(curve) >= 1 and curve["best"].any()
+    enc = pd.read_csv(res / "tables" / "mlnet" / "encoding_statistics.csv")
+    assert set(enc["layer"]) == {"encoding"} and (enc["n_units"] == 64).all()
+    vs = pd.read_csv(res / "tables" / "mlnet" / "encoding_vs_trunk_top10_mean.csv")
+    assert list(vs["layer"]) == ["block14", "block15", "head", "mlnet encoding"]
+    t5 = pd.read_csv(res / "tables" / "mlnet" / "table5_popout_encoding.csv")
+    assert t5["layer"].iloc[-1] == "mlnet encoding"
+    prior = pd.read_csv(res / "tables" / "mlnet" / "learned_prior.csv")
+    assert prior["image_size"].item() == "600x800"
+    assert (res / "figures" / "mlnet" / "learned_prior.png").is_file()
     figs = {p.name for p in (res / "figures" / "paper").glob("*.png")}
     assert {"table2_top10.png", "fig4_improvement.png", "fig3_units_pretrained.png",
             "fig8_popout_examples.png", "fig11_task_maps.png"} <= figs

@@ -261,10 +261,18 @@ def test_popout_stages_write_tables_through_replacing(tmp_path, monkeypatch):
                   meta={"weights_id": base.weights_id, "input_scale": 0.5, "grid_stride": 16})
     hist = np.outer(np.hanning(8), np.hanning(8)) + 0.1
     save_centre_bias(CentreBiasModel(hist, 0.1, 0.05), centre_bias_path(params))
+    # ML-Net needs a VGG-16 or Lite0 trunk, not this test's tiny one: its Table 4 row is
+    # checked on real Lite0 weights by tests/test_pipeline_chain.py; here a stand-in map
+    from dissect.models.base import load_model
+    from dissect.popout_scoring import score_model
+
+    monkeypatch.setattr(popout, "mlnet_rows", lambda params, base, arrays: score_model(
+        "mlnet", "mlnet", arrays, load_model("spectral_residual").saliency_map))
     popout.run_popout_readouts(params)
     per_array = pd.read_csv(res / "popout_readouts" / "popout_nmm.csv")
     assert list(dict.fromkeys(per_array["model"])) == [
-        "spectral_residual", "readout_k0", "readout_all", "deepgaze_uniform", "deepgaze_centre"]
+        "spectral_residual", "readout_k0", "readout_all", "deepgaze_uniform", "deepgaze_centre",
+        "mlnet"]
     dg = per_array[per_array["model"].str.startswith("deepgaze")].pivot(
         index="array", columns="model", values="nmm")
     assert np.isfinite(dg.to_numpy()).all()

@@ -179,8 +179,15 @@ def make_tree(root: Path, top_k: int, ks: list, *, extract_size=None):
     for stem in ("layer_comparison", "picked_selectivity", "picked_units"):
         write_table(pd.DataFrame(dict(layers=["block10"], value=[1.0])),
                     tables / "deepgaze" / stem)
+    # ML-Net (issue 13)
+    for stem in (f"encoding_vs_best_layer_{top}", f"encoding_vs_trunk_{top}",
+                 "encoding_vs_trunk_count_above_T", "learned_prior", "table5_popout_encoding"):
+        write_table(pd.DataFrame(dict(layer=["mlnet encoding"], value=[1.0])),
+                    tables / "mlnet" / stem)
+    write_table(pd.DataFrame(dict(epoch=[1], val_loss=[0.1])),
+                tables / "mlnet_training" / "training_curve")
     for name in ("evaluate/leaderboard.png", "deepgaze/layer_comparison.png",
-                 "deepgaze/picked_selectivity.png"):
+                 "deepgaze/picked_selectivity.png", "mlnet/learned_prior.png"):
         _png(results / "figures" / name)
     figures = [f"table2_top{top_k}.png", f"table2_top{top_k}_excess.png", "table2_count.png",
                "fig3_units_pretrained.png", f"table3_top{top_k}.png",
@@ -202,10 +209,13 @@ def make_tree(root: Path, top_k: int, ks: list, *, extract_size=None):
                        "table6_popout_k", "scene_accuracy", "scene_recall",
                        "table7_task_statistics", "task_permutation_test",
                        "task_permutation_agreement", "table8_mean_map_nss", "leaderboard",
-                       "layer_comparison", "picked_selectivity", "picked_units"]
+                       "layer_comparison", "picked_selectivity", "picked_units",
+                       f"encoding_vs_best_layer_{top}", "learned_prior",
+                       "table5_popout_encoding", "training_curve"]
     return params, expected_tables, [*figures, "scene_confusion.png", "evaluate/leaderboard.png",
                                      "deepgaze/layer_comparison.png",
-                                     "deepgaze/picked_selectivity.png"]
+                                     "deepgaze/picked_selectivity.png",
+                                     "mlnet/learned_prior.png"]
 
 
 @pytest.mark.parametrize("top_k, ks, size", [(10, [0, 1, "all"], [224, 224]), (5, [0, 2], None)])

@@ -26,7 +26,6 @@ from dissect.scene import (
     class_weights,
     evaluate_scene_model,
     load_scene_model,
-    plot_confusion,
     prefix_features,
     resolve_tune_stages,
     save_scene_model,
@@ -307,7 +306,9 @@ def test_evaluate_and_plot(toy, tmp_path):
     assert cm.to_numpy().sum() == 10 and np.trace(cm.to_numpy()) == pred["correct"].sum()
     assert recall["n"].tolist() == [labels.scenes(ids).count(c) for c in labels.classes]
     np.testing.assert_allclose(recall["recall"], recall["n_correct"] / recall["n"])
-    out = plot_confusion(cm, tmp_path / "fig" / "cm.png")
+    from dissect.figures import confusion, save_figure
+
+    out = save_figure(confusion(cm, normalize=True), tmp_path / "fig" / "cm.png")
     with Image.open(out) as im:
         assert im.format == "PNG"
         assert round(im.info["dpi"][0]) == 200

@@ -455,3 +455,31 @@ def test_improvement_keeps_the_display_name():
     assert list(out.model) == ["k1", "all"] and list(out.k) == [1, 18]
     np.testing.assert_allclose(out.improvement_pct, [50.0, 100.0])
     assert list(out.columns[:3]) == ["category", "k", "model"]
+
+
+def test_compare_with_layers_hand_made():
+    from dissect.statistics import compare_with_layers
+
+    rows = []
+    for layer, vals in (("a", (1.0, 5.0)), ("b", (3.0, 2.0)), ("enc", (2.0, 6.0))):
+        for cat, v in zip(("person head", "text"), vals, strict=True):
+            rows.append({"layer": layer, "category": cat, "stat": "top10_mean", "value": v,
+                         "excess": v - 1, "p_value": 0.01})
+    rows.append({"layer": "a", "category": "text", "stat": "count_above_T", "value": 99.0,
+                 "excess": 0.0, "p_value": 1.0})
+    got = compare_with_layers(pd.DataFrame(rows), "enc", "top10_mean")
+    assert got["category"].tolist() == ["person head", "text"]
+    assert got["best_other_layer"].tolist() == ["b", "a"]
+    assert got["best_other_value"].tolist() == [3.0, 5.0]
+    assert got["value"].tolist() == [2.0, 6.0] and got["excess"].tolist() == [1.0, 5.0]
+    assert got["higher"].tolist() == [False, True]
+    with pytest.raises(DataError, match="no top10_mean rows for 'x'"):
+        compare_with_layers(pd.DataFrame(rows), "x", "top10_mean")
+    # an undefined (NaN) layer value is skipped, never "the best"
+    nan = [dict(r, value=np.nan) if (r["layer"], r["category"]) == ("b", "person head") else r
+           for r in rows]
+    got = compare_with_layers(pd.DataFrame(nan), "enc", "top10_mean")
+    assert got["best_other_layer"].tolist() == ["a", "a"] and got["higher"].tolist() == [True,
+                                                                                          True]
+    with pytest.raises(DataError, match=r"repeated .* \(a, text\)"):
+        compare_with_layers(pd.DataFrame(rows + [rows[1]]), "enc", "top10_mean")

@@ -10,12 +10,14 @@ and in its registry (:func:`~dissect.models.base.load_model`).
 * the scene classifier of the task-vs-data comparison (:class:`dissect.scene.SceneClassifier`),
   registered as ``scene_classifier``: :class:`SceneClassifierModel` (``.classifier``), a
   :class:`~dissect.models.base.DissectableModel` with ``class_probabilities(image)`` and no
-  saliency map.
+  saliency map;
+* ML-Net (:class:`dissect.models.mlnet.MLNet`), registered as ``mlnet``: :class:`MLNetModel`
+  (``.net`` is the ``nn.Module``).
 
-For the two networks, ``layers`` are the trunk's hookable units (the dissection's layer names →
-the backbone's module paths) and ``module`` is the model's own fine-tuned trunk network
-(``readout.backbone.model``, ``classifier.backbone.model``), in which those paths resolve and
-whose submodules run in the model's forward.
+For the readout and the scene classifier, ``layers`` are the trunk's hookable units (the
+dissection's layer names → the backbone's module paths) and ``module`` is the model's own
+fine-tuned trunk network (``readout.backbone.model``, ``classifier.backbone.model``), in which
+those paths resolve and whose submodules run in the model's forward.
 
 Adapters rather than new base classes: the wrapped models keep their own APIs (training, the
 checkpoints, the tests of their maths), the adapters call exactly those functions (the same
@@ -45,7 +47,7 @@ from dissect.models.base import (
 )
 from dissect.models.classical import CLASSICAL_MODELS, ClassicalSaliency, load_classical
 
-__all__ = ["ClassicalModel", "ReadoutModel", "SceneClassifierModel"]
+__all__ = ["ClassicalModel", "MLNetModel", "ReadoutModel", "SceneClassifierModel"]
 
 
 class ClassicalModel(SaliencyModel):
@@ -170,3 +172,52 @@ def scene_classifier_model(checkpoint: str | Path, backbone: str | Any = "effici
 
     bb = _backbone(backbone, weights, backbone_checkpoint)
     return SceneClassifierModel(load_scene_model(checkpoint, bb), name or "scene_classifier")
+
+
+class MLNetModel(SaliencyModel):
+    """ML-Net (:class:`dissect.models.mlnet.MLNet`) behind the shared interface:
+    ``saliency_map(image)`` letterboxes the image into the network's input size
+    (:meth:`MLNet.prepare`), runs it (eval mode, no gradients), crops the padding and upsamples
+    bilinearly to the image's size (:func:`~dissect.models.mlnet.unletterbox`), float64 ≥ 0.
+    ``layers`` are :attr:`MLNet.layers` (three source layers + ``encoding``, the 64 encoding
+    maps), resolving in :attr:`module`, the network itself; ``net`` is the same module."""
+
+    def __init__(self, net: Any, name: str = "mlnet"):
+        self.net = net.eval()
+        self.name = name
+        self.layers = dict(net.layers)
+
+    @property
+    def module(self) -> Any:
+        return self.net
+
+    def saliency_map(self, image: ImageLike) -> NDArray[np.float64]:
+        import torch
+
+        from dissect.models.mlnet import unletterbox
+
+        x, box = self.net.prepare(image_array(image))
+        param = next(self.net.parameters())
+        with torch.no_grad():
+            m = self.net(x.to(param.device, param.dtype))[0]
+        return np.maximum(unletterbox(m, box), 0.0)
+
+
+@register_model("mlnet")
+def mlnet_model(checkpoint: str | Path, backbone: str | Any = "efficientnet_lite0",
+                name: str | None = None, device: Any = None) -> MLNetModel:
+    """A trained ML-Net from its checkpoint (``work/mlnet/model.pt``,
+    :func:`dissect.models.mlnet.load_mlnet`). ``backbone``: the trunk's architecture, by name
+    (built with random weights: the checkpoint holds every weight, trunk included) or a built
+    ``Backbone`` of that architecture (its weights are not used). ``device``: where it runs
+    (default CPU)."""
+    from dissect.models.mlnet import load_mlnet
+
+    if isinstance(backbone, str):
+        from dissect.backbones import load_backbone
+
+        backbone = load_backbone(backbone, weights="random")
+    net, _meta = load_mlnet(checkpoint, backbone)
+    if device is not None:
+        net.to(device)
+    return MLNetModel(net, name or "mlnet")

@@ -98,9 +98,16 @@ class SaliencyDensity(ProbabilisticModel):
         self.layers = getattr(self.model, "layers", None)
 
     def log_density(self, image: ImageLike) -> NDArray[np.float64]:
-        s = self.model.saliency_map(image)
-        b = self.centre_bias.log_density(image_size(image))
-        return map_log_density(s, b, self.sigma, self.gamma, self.weight, source=self.name)
+        return self.log_density_of_map(self.model.saliency_map(image), image_size(image))
+
+    def log_density_of_map(self, saliency: ArrayLike, size: tuple[int, int]
+                           ) -> NDArray[np.float64]:
+        """The log density of an image of ``size`` whose map (``self.model``'s) is
+        ``saliency``: for a caller that has the map already (the scorecard scores the map
+        and the density of every image, one forward pass)."""
+        b = self.centre_bias.log_density(size)
+        return map_log_density(np.asarray(saliency), b, self.sigma, self.gamma, self.weight,
+                                source=self.name)
 
     def saliency_map(self, image: ImageLike) -> NDArray[np.float64]:
         """The raw map of the wrapped model: other metrics score the map, not the density."""

@@ -40,16 +40,22 @@ resolution, the last block of each stride, all taken on the main path of the net
 
 * ``block4_out`` — the output of ``_blocks.4`` (40 ch, stride 8; the last stride-8 block),
 * ``block10_out`` — the output of ``_blocks.10`` (112 ch, stride 16; the last stride-16 block),
-* ``head`` — ``_head_act``, the head's ReLU6 (1280 ch, stride 32; the trunk's last layer, as
-  conv5_3 is VGG's).
+* ``block15_out`` — the output of ``_blocks.15`` (320 ch, stride 32; the last block: the trunk's
+  last feature map before the classifier's 1×1 ``_conv_head``, as conv5_3 is VGG's last
+  convolution before its classifier).
 
 (The block outputs are the linear projections + residuals that the next block reads; the
-dissection's Lite0 layers ``block4`` / ``block10`` are the depthwise ReLU6 *inside* those
-blocks, hence the ``_out`` suffix.) The stride-16 and stride-32 maps are bilinearly upsampled
-(``align_corners=False``) to the stride-8 grid of ``block4_out`` and concatenated (1432 ch),
-followed by the same dropout, encoding network and prior. Lite0 pads "same" dynamically, so a
-side of ``n`` pixels gives ``ceil(n / 8)`` cells; VGG gives ``n // 8``. Input sizes are
-multiples of 8 (checked), where both agree: 480×640 → 60×80.
+dissection's Lite0 layers ``block4`` / ``block10`` / ``block15`` are the depthwise ReLU6 *inside*
+those blocks, hence the ``_out`` suffix.) The stride-16 and stride-32 maps are bilinearly upsampled
+(``align_corners=False``) to the stride-8 grid of ``block4_out`` and concatenated (472 ch),
+followed by the same dropout, encoding network and prior. *Why not the 1280-channel head*: the
+3×3 encoding convolution's cost grows with the concatenated channels, and with the head
+(1432 ch) one training epoch on 450 images took ~100 s on two CPU cores against ~35 s with
+``block15_out``; the head is a per-position 1×1 expansion of ``block15_out`` (plus BatchNorm and
+ReLU6), the encoding network's own 3×3 convolution and ReLU play that role here.
+
+Lite0 pads "same" dynamically, so a side of ``n`` pixels gives ``ceil(n / 8)`` cells; VGG gives
+``n // 8``. Input sizes are multiples of 8 (checked), where both agree: 480×640 → 60×80.
 
 **Preprocessing.** The reference subtracts Caffe's BGR means from 0–255 pixels; here the
 backbone's own normalisation (``x / 255``, ImageNet mean / std, RGB: what torchvision's and
@@ -94,7 +100,6 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from dissect.errors import DataError
-from dissect.models.base import ImageLike, SaliencyModel, image_array
 from dissect.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 __all__ = [
@@ -105,14 +110,16 @@ __all__ = [
     "LearnedPrior",
     "Letterbox",
     "MLNet",
-    "MLNetModel",
     "SamePool2x2",
+    "density_target",
     "letterbox",
+    "letterbox_box",
     "load_mlnet",
     "mlnet_loss",
-    "mlnet_model",
     "mlnet_optimizer",
     "save_mlnet",
+    "state_id",
+    "train_mlnet",
     "train_step",
     "unletterbox",
 ]
@@ -185,8 +192,7 @@ def _lite0_segments() -> list[tuple[str, list[str], int]]:
     return [
         ("block4_out", stem + [f"trunk._blocks.{i}" for i in range(0, 5)], 40),
         ("block10_out", [f"trunk._blocks.{i}" for i in range(5, 11)], 112),
-        ("head", [f"trunk._blocks.{i}" for i in range(11, 16)]
-         + ["trunk._conv_head", "trunk._bn1", "trunk._head_act"], 1280),
+        ("block15_out", [f"trunk._blocks.{i}" for i in range(11, 16)], 320),
     ]
 
 
@@ -331,13 +337,17 @@ class MLNet(nn.Module):
             out.append(x)
         return out
 
-    def features(self, x: Tensor) -> Tensor:
-        """The concatenation ``(B, channels, h, w)`` on the stride-8 grid (1280 ch for VGG)."""
-        maps = self.sources(x)
+    def combine(self, maps: Sequence[Tensor]) -> Tensor:
+        """The three :meth:`sources` brought to the first one's grid (bilinear,
+        ``align_corners=False``) and concatenated → ``(B, channels, h, w)``."""
         size = maps[0].shape[-2:]
         maps = [m if m.shape[-2:] == size else
                 F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
         return torch.cat(maps, dim=1)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The concatenation ``(B, channels, h, w)`` on the stride-8 grid (1280 ch for VGG)."""
+        return self.combine(self.sources(x))
 
     def head(self, features: Tensor) -> Tensor:
         """Dropout, encoding network, prior and final ReLU on :meth:`features` → ``(B, h, w)``."""
@@ -354,6 +364,55 @@ class MLNet(nn.Module):
     def prior_map(self, size: Sequence[int] | None = None) -> Tensor:
         """The learned prior ``up(1 + W)`` at ``size`` (default :attr:`output_size`)."""
         return self.prior.upsampled(self.output_size if size is None else size)
+
+    def prepare(self, image: np.ndarray) -> tuple[Tensor, Letterbox]:
+        """One ``(H, W, 3)`` uint8 image → the normalised letterboxed input ``(1, 3, rows,
+        cols)`` of :attr:`input_size` and its :class:`Letterbox`. The content is
+        :class:`~dissect.preprocess.Preprocess` at the content box's size (``x / 255``,
+        antialiased bilinear resize, mean / std) and the padding is black (0 before the
+        normalisation, the reference's zero padding). An image with the canvas's aspect fills
+        it: the input is then exactly ``Preprocess(size=input_size)`` of the image, what the
+        activation cache feeds (:meth:`as_backbone`)."""
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise DataError("image", f"ML-Net needs an (H, W, 3) uint8 image, got "
+                                     f"{arr.dtype} {arr.shape}")
+        box = letterbox_box(arr.shape[:2], self.input_size)
+        content = Preprocess((box.height, box.width), self.mean, self.std)(arr)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        x = ((0 - mean) / std).expand(1, 3, *self.input_size).clone()
+        x[:, :, box.top:box.top + box.height, box.left:box.left + box.width] = content
+        return x, box
+
+    def as_backbone(self, layers: Sequence[str] = ("encoding",)) -> Any:
+        """This network as a dissect :class:`~dissect.backbones.Backbone` (one stage, the whole
+        network; ``layers`` of :attr:`layers`) fed ``Preprocess(size=input_size)``: the
+        activation cache (:mod:`dissect.cache`) and the pop-out unit scoring
+        (:func:`dissect.popout_scoring.inner_unit_nmm`) read its units through it. Its
+        ``weights_id`` hashes this network's state (the trained head included). Only images of
+        the canvas's aspect fill the canvas (then the input equals :meth:`prepare`'s and the
+        maps cover the image); the callers check that."""
+        from dissect.backbones import Backbone
+
+        unknown = [n for n in layers if n not in self.layers]
+        if unknown:
+            raise DataError("ML-Net", f"no layer(s) {unknown}; its layers: {list(self.layers)}")
+        return Backbone(f"mlnet_{self.layout}", self, [("mlnet", self)],
+                        {n: self.layers[n] for n in layers}, state_id(self),
+                        Preprocess(self.input_size, self.mean, self.std))
+
+
+def state_id(net: nn.Module) -> str:
+    """A short sha256 of a network's state dict (names, shapes, dtypes and bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return "mlnet-" + h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------- letterboxing
@@ -387,13 +446,10 @@ def letterbox(image: np.ndarray, size: Sequence[int] = INPUT_SIZE) -> tuple[np.n
         raise DataError("image", f"letterbox needs a uint8 RGB image, got {arr.dtype}")
     if arr.ndim == 2 and not np.all(np.isfinite(arr)):
         raise DataError("map", "letterbox got a map with NaN / inf values")
-    rows, cols = (int(s) for s in size)
-    h, w = int(arr.shape[0]), int(arr.shape[1])
-    if h * cols > w * rows:  # taller than the canvas: rows limit
-        nh, nw = rows, max(1, min(cols, (w * rows) // h))
-    else:
-        nh, nw = max(1, min(rows, (h * cols) // w)), cols
-    top, left = (rows - nh) // 2, (cols - nw) // 2
+    box = letterbox_box(arr.shape[:2], size)
+    rows, cols = box.canvas_size
+    h, w = box.image_size
+    nh, nw, top, left = box.height, box.width, box.top, box.left
     t = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float64)
     t = t[None, None] if arr.ndim == 2 else t.permute(2, 0, 1)[None]
     if (nh, nw) != (h, w):
@@ -407,7 +463,43 @@ def letterbox(image: np.ndarray, size: Sequence[int] = INPUT_SIZE) -> tuple[np.n
     else:
         canvas = np.zeros((rows, cols), dtype=np.float64)
         canvas[top:top + nh, left:left + nw] = content
-    return canvas, Letterbox((h, w), (rows, cols), top, left, nh, nw)
+    return canvas, box
+
+
+def letterbox_box(image_size: Sequence[int], size: Sequence[int] = INPUT_SIZE) -> Letterbox:
+    """Where an ``image_size = (H, W)`` image goes on a ``size = (rows, cols)`` canvas (the
+    reference's ``padding``): the side that limits is filled, the other is ``(n · limit) // N``
+    pixels, centred at offset ``(canvas − n) // 2``."""
+    rows, cols = (int(s) for s in size)
+    h, w = (int(s) for s in image_size)
+    if min(rows, cols, h, w) < 1:
+        raise DataError("image", f"letterbox of a {h}×{w} image on a {rows}×{cols} canvas")
+    if h * cols > w * rows:  # taller than the canvas: rows limit
+        nh, nw = rows, max(1, min(cols, (w * rows) // h))
+    else:
+        nh, nw = max(1, min(rows, (h * cols) // w)), cols
+    return Letterbox((h, w), (rows, cols), (rows - nh) // 2, (cols - nw) // 2, nh, nw)
+
+
+def density_target(density: np.ndarray, net: MLNet) -> NDArray[np.float64]:
+    """A ground-truth density ``(H, W)`` of an image → ML-Net's target on its output grid:
+    letterboxed into :attr:`MLNet.input_size` (:func:`letterbox`, zero padding) and averaged
+    over each output cell's ``8 × 8`` canvas pixels (the cells tile the canvas exactly). The
+    loss scales it to ``[0, 1]`` itself. A map that is not 2-D, not finite, negative or all zero
+    → :class:`DataError`."""
+    d = np.asarray(density, dtype=np.float64)
+    if d.ndim != 2:
+        raise DataError("ground truth", f"density must be an (H, W) map, got shape {d.shape}")
+    if not np.all(np.isfinite(d)) or (d < 0).any():
+        raise DataError("ground truth", "density has NaN / inf or negative values")
+    if not d.max() > 0:
+        raise DataError("ground truth", "density is all zero (an image without fixations?)")
+    canvas, _ = letterbox(d, net.input_size)
+    h, w = net.output_size
+    t = torch.from_numpy(canvas)[None, None]
+    if canvas.shape != (h * STRIDE, w * STRIDE):  # Lite0's ceil: pad the last cells with zeros
+        t = F.pad(t, (0, w * STRIDE - canvas.shape[1], 0, h * STRIDE - canvas.shape[0]))
+    return F.avg_pool2d(t, STRIDE)[0, 0].numpy()
 
 
 def unletterbox(saliency: Tensor | np.ndarray, box: Letterbox) -> NDArray[np.float64]:
@@ -474,12 +566,20 @@ def mlnet_loss(pred: Tensor, target: Tensor | np.ndarray, prior_weights: Tensor 
 
 
 def mlnet_optimizer(model: MLNet, lr: float = 1e-3, momentum: float = 0.9, decay: float = 5e-4,
-                    ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
+                    kind: str = "sgd",
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """The reference's optimiser: SGD with Nesterov momentum on the trainable parameters, and
     Keras 1's learning-rate decay ``lr / (1 + decay · t)`` (``t`` = updates so far; step the
-    scheduler once per update, as :func:`train_step` does when given it)."""
+    scheduler once per update, as :func:`train_step` does when given it). ``kind="adam"``:
+    Adam (betas 0.9, 0.999; ``momentum`` unused) under the same decay."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True)
+    if kind == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum,
+                                                     nesterov=True)
+    elif kind == "adam":
+        opt = torch.optim.Adam(params, lr=lr)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {kind!r}")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + decay * t))
     return opt, sched
 
@@ -505,6 +605,117 @@ def train_step(model: MLNet, batch_x: Tensor, batch_y: Tensor | np.ndarray,
     if scheduler is not None:
         scheduler.step()
     return float(loss.detach())
+
+
+def train_mlnet(net: MLNet, images: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                val_images: Sequence[np.ndarray], val_targets: Sequence[np.ndarray], *,
+                epochs: int = 20, batch_size: int = 10, patience: int = 5,
+                optimizer: str = "sgd", lr: float = 1e-3, momentum: float = 0.9,
+                decay: float = 5e-4, frozen: bool = True, seed: int = 0,
+                log: Any = None) -> tuple[MLNet, list[dict[str, Any]]]:
+    """Train ``net`` (in place) the reference's way (``main.py``): :func:`mlnet_loss` (with the
+    prior's regulariser), :func:`mlnet_optimizer` stepped once per batch, the training images in
+    a new random order every epoch, the validation loss (eval mode: no dropout; regulariser
+    included, as Keras reports it) after every epoch, early stopping after ``patience`` epochs
+    without a lower validation loss, and the best epoch's weights restored at the end (Keras'
+    ``ModelCheckpoint(save_best_only=True)``).
+
+    ``images``: ``(H, W, 3)`` uint8 (letterboxed by :meth:`MLNet.prepare`); ``targets``:
+    their ground truth on the output grid (:func:`density_target`), likewise for validation.
+    ``frozen=True`` trains the head only and computes the trunk's three source maps once per
+    image (eval mode, float32, kept in memory: ~1.7 MB an image for Lite0 at 480×640): the same
+    numbers as running the trunk every step, at a fraction of the cost. ``frozen=False``
+    fine-tunes the whole network (the reference's setup), running it on every batch.
+    ``seed`` fixes the head's dropout masks and the data order (the global RNG is restored).
+
+    Returns ``(net in eval mode, history)``: one dict per epoch (``epoch``, ``train_loss``
+    (the mean of the batch losses before each update), ``val_loss``, ``lr`` at the epoch's
+    end, ``seconds``, ``best``)."""
+    n, n_val = len(images), len(val_images)
+    if n != len(targets) or n_val != len(val_targets):
+        raise DataError("ML-Net training", f"{n} images with {len(targets)} targets, {n_val} "
+                                           f"validation images with {len(val_targets)}")
+    if n == 0 or n_val == 0:
+        raise DataError("ML-Net training", "needs training and validation images")
+    if min(epochs, batch_size, patience) < 1:
+        raise ValueError("epochs, batch_size and patience must be >= 1")
+    shape = net.output_size
+    for which, ts in (("training", targets), ("validation", val_targets)):
+        for i, t in enumerate(ts):
+            try:
+                _check_target(torch.as_tensor(np.asarray(t))[None], (1, *shape))
+            except DataError as e:
+                raise DataError(f"{which} target {i}", e.problem) from None
+    param = next(net.parameters())
+    dev = param.device
+    net.freeze_trunk(frozen)
+
+    def inputs(imgs: Sequence[np.ndarray]) -> Tensor:
+        return torch.cat([net.prepare(im)[0] for im in imgs]).to(dev)
+
+    cached: list[list[Tensor]] | None = None
+    val_cached: list[list[Tensor]] | None = None
+    if frozen:  # the trunk never changes: its three maps once per image
+        with torch.no_grad():
+            net.eval()
+            cached = [[m.cpu() for m in net.sources(inputs([im]))] for im in images]
+            val_cached = [[m.cpu() for m in net.sources(inputs([im]))] for im in val_images]
+    y = torch.as_tensor(np.stack([np.asarray(t) for t in targets])).to(torch.float32)
+    y_val = torch.as_tensor(np.stack([np.asarray(t) for t in val_targets])).to(torch.float32)
+
+    def batch_features(store: list[list[Tensor]], idx: list[int]) -> Tensor:
+        return net.combine([torch.cat([store[i][j] for i in idx]).to(dev)
+                            for j in range(len(store[0]))])
+
+    opt, sched = mlnet_optimizer(net, lr, momentum, decay, optimizer)
+    gen = torch.Generator().manual_seed(int(seed))
+    history: list[dict[str, Any]] = []
+    best_loss, best_state, since = float("inf"), None, 0
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            net.train()
+            order = torch.randperm(n, generator=gen).tolist()
+            total = 0.0
+            for b in range(0, n, batch_size):
+                idx = order[b:b + batch_size]
+                opt.zero_grad(set_to_none=True)
+                pred = (net.head(batch_features(cached, idx)) if cached is not None
+                        else net(inputs([images[i] for i in idx])))
+                loss = mlnet_loss(pred, y[idx].to(dev), net.prior.weight)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+            net.eval()
+            with torch.no_grad():
+                val = 0.0
+                for b in range(0, n_val, batch_size):
+                    idx = list(range(b, min(b + batch_size, n_val)))
+                    pred = (net.head(batch_features(val_cached, idx)) if val_cached is not None
+                            else net(inputs([val_images[i] for i in idx])))
+                    val += float(mlnet_loss(pred, y_val[idx].to(dev),
+                                            net.prior.weight)) * len(idx)
+                val /= n_val
+            improved = val < best_loss
+            if improved:
+                best_loss, since = val, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                since += 1
+            history.append({"epoch": epoch, "train_loss": total / n, "val_loss": val,
+                            "lr": float(opt.param_groups[0]["lr"]),
+                            "seconds": time.perf_counter() - t0, "best": improved})
+            if log is not None:
+                log.info("ML-Net epoch %d: train %.4f, validation %.4f%s (%.0f s)", epoch,
+                         total / n, val, " (best)" if improved else "",
+                         history[-1]["seconds"])
+            if since >= patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    return net.eval(), history
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -560,46 +771,3 @@ def load_mlnet(path: str | Path, backbone: Any) -> tuple[MLNet, dict[str, Any]]:
     except RuntimeError as e:
         raise DataError(path, f"weights do not fit the network: {e}") from None
     return model.eval(), dict(payload["metadata"])
-
-
-# ---------------------------------------------------------------------- registry adapter
-class MLNetModel(SaliencyModel):
-    """ML-Net behind the shared interface: ``saliency_map(image)`` letterboxes the image into
-    the network's input size, runs it (eval mode, no gradients), crops the padding and
-    upsamples bilinearly to the image's size (:func:`unletterbox`), float64 ≥ 0. ``layers``
-    are :attr:`MLNet.layers` (three source layers + ``encoding``), resolving in
-    :attr:`module`, the network itself."""
-
-    def __init__(self, net: MLNet, name: str = "mlnet"):
-        self.net = net.eval()
-        self.name = name
-        self.layers = dict(net.layers)
-
-    @property
-    def module(self) -> MLNet:
-        return self.net
-
-    def saliency_map(self, image: ImageLike) -> NDArray[np.float64]:
-        canvas, box = letterbox(image_array(image), self.net.input_size)
-        x = self.net.preprocess(canvas)
-        param = next(self.net.parameters())
-        with torch.no_grad():
-            m = self.net(x.to(param.device, param.dtype))[0]
-        return np.maximum(unletterbox(m, box), 0.0)
-
-
-# Registered as "mlnet" (``register_model("mlnet")(mlnet_model)``) when the ML-Net stages land
-# and this module joins ``dissect.models.base.BUILTIN_MODULES`` (issue 13): until then nothing
-# in the pipeline builds it, and tests/test_models_builtin.py requires every registering module
-# to be listed there.
-def mlnet_model(checkpoint: str | Path, backbone: str | Any = "efficientnet_lite0",
-                name: str | None = None) -> MLNetModel:
-    """A trained ML-Net from its checkpoint (:func:`save_mlnet`). ``backbone``: the trunk's
-    name (built with random weights: the checkpoint holds every weight) or a built
-    ``Backbone`` of that architecture."""
-    if isinstance(backbone, str):
-        from dissect.backbones import load_backbone
-
-        backbone = load_backbone(backbone, weights="random")
-    net, _meta = load_mlnet(checkpoint, backbone)
-    return MLNetModel(net, name or "mlnet")

@@ -63,6 +63,7 @@ def build_models(params: Params, dataset, centre_bias, gold) -> tuple[dict[str, 
     the rows of the density-conversion table."""
     from dissect.models.base import load_model
     from dissect.stages.deepgaze import model_path
+    from dissect.stages.mlnet import model_path as mlnet_path
 
     e = params["evaluate"]
     drop = bool(params["data"]["drop_first"])
@@ -110,6 +111,10 @@ def build_models(params: Params, dataset, centre_bias, gold) -> tuple[dict[str, 
                                    backbone=bb, name=label)
                     m.readout.to(dev)
                     with_density(label, m)
+        elif name == "mlnet":
+            bb = bb or common.backbone(params)
+            with_density(name, load_model("mlnet", checkpoint=mlnet_path(params), backbone=bb,
+                                          device=dev))
         elif name == "deepgaze":
             bb = bb or common.backbone(params)
             models[name] = load_model("deepgaze", checkpoint=model_path(params), backbone=bb,
@@ -140,7 +145,7 @@ def run_evaluate(params: Params) -> pd.DataFrame:
     import dask
     import torch
 
-    from dissect.evaluation import _tidy, score_chunk, summarise
+    from dissect.evaluation import per_image_table, score_chunk, summarise
     from dissect.figures import leaderboard_figure, save_figure
     from dissect.stages.baselines import load_baselines
     from dissect.tables import write_table
@@ -179,7 +184,7 @@ def run_evaluate(params: Params) -> pd.DataFrame:
         records = pd.concat(parts, ignore_index=True)
         summary = summarise(records, n_boot=int(s["n_boot"]), seed=int(e["seed"]),
                             level=float(s["ci_level"]), method=str(s["ci_method"]))
-        per_image = _tidy(records)
+        per_image = per_image_table(records)
         per_image.to_csv(common.work(params, "evaluate", "per_image.csv"), index=False)
         caption = (f"Held-out OSIE images (n = {len(ids)}); conventions: {e['conventions']}. "
                    "IG explained = IG(model) / IG(gold standard), both over the centre bias, "

@@ -5,8 +5,8 @@
 masks. ``popout`` scores the classical models (Itti–Koch, GBVS, BMS, spectral residual,
 fine-grained; Table 4) and the pretrained trunk's units (Table 5: per layer the mean over arrays
 of the top-k units' NMM). ``popout-readouts`` adds the saliency readouts (setup I, setup II for
-each k) to Table 4 and scores the last trunk layer of each fine-tuned readout (Table 6). Every
-results output is written through :func:`common.replacing`.
+each k), DeepGaze I and ML-Net to Table 4 and scores the last trunk layer of each fine-tuned
+readout (Table 6). Every results output is written through :func:`common.replacing`.
 """
 
 from __future__ import annotations
@@ -95,12 +95,24 @@ def deepgaze_rows(params: Params, base, arrays) -> list[pd.DataFrame]:
     return out
 
 
+def mlnet_rows(params: Params, base, arrays) -> pd.DataFrame:
+    """ML-Net (the ``mlnet`` stage's model) on the arrays, a Table 4 deep row: its output map
+    (learned prior included: ML-Net has no separate centre bias)."""
+    from dissect.models.base import load_model
+    from dissect.popout_scoring import score_model
+    from dissect.stages.mlnet import model_path
+
+    m = load_model("mlnet", checkpoint=model_path(params), backbone=base,
+                   device=common.device(params))
+    return score_model("mlnet", "mlnet", arrays, m.saliency_map)
+
+
 def run_popout_readouts(params: Params) -> None:
-    """The saliency readouts (setup I, each k of setup II) and DeepGaze I
-    (:func:`deepgaze_rows`) next to the classical models (Table 4), and the last trunk layer's
-    units vs k (Table 6): the readouts of the first training seed (``train.seeds[0]``; the
-    seed issue asks for Tables 3, 7, Fig. 4 and §6 over seeds, and these tables name the seed
-    they use in provenance)."""
+    """The saliency readouts (setup I, each k of setup II), DeepGaze I
+    (:func:`deepgaze_rows`) and ML-Net (:func:`mlnet_rows`) next to the classical models
+    (Table 4), and the last trunk layer's units vs k (Table 6): the readouts of the first
+    training seed (``train.seeds[0]``; the seed issue asks for Tables 3, 7, Fig. 4 and §6 over
+    seeds, and these tables name the seed they use in provenance)."""
     from dissect.data.popout import load_set
     from dissect.inner_output import predict_map
     from dissect.models.base import load_model
@@ -129,6 +141,7 @@ def run_popout_readouts(params: Params) -> None:
                                        label)
                 inner_k.append(df)
         scored += deepgaze_rows(params, base, arrays)
+        scored.append(mlnet_rows(params, base, arrays))
         per_array = pd.concat(scored, ignore_index=True)
         inner_all = pd.concat(inner_k, ignore_index=True)
         with common.replacing(common.results(params, "tables", "popout_readouts")) as out:

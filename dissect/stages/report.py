@@ -100,7 +100,7 @@ def sections(top_k: int) -> list[Section]:
             more_tables=["popout_readouts/table*.md"],
         ),
         Section(
-            "Model scorecard: baselines, classical models, readouts, DeepGaze I",
+            "Model scorecard: baselines, classical models, readouts, DeepGaze I, ML-Net",
             ["evaluate/leaderboard.md"],
             ["evaluate/leaderboard.png"],
             links=[("Tidy scorecard (every model × metric, value and image-bootstrap interval)",
@@ -115,6 +115,17 @@ def sections(top_k: int) -> list[Section]:
             ["deepgaze/layer_comparison.md", "deepgaze/picked_selectivity.md",
              "deepgaze/picked_units.md"],
             ["deepgaze/layer_comparison.png", "deepgaze/picked_selectivity.png"],
+        ),
+        Section(
+            "ML-Net: its encoding units, its learned prior, pop-out",
+            [f"mlnet/encoding_vs_best_layer_{tk}_mean.md",
+             f"mlnet/encoding_vs_trunk_{tk}_mean.md", "mlnet/encoding_vs_trunk_count_above_T.md",
+             "mlnet/learned_prior.md", "mlnet/table5_popout_encoding.md",
+             "mlnet_training/training_curve.md"],
+            ["mlnet/learned_prior.png"],
+            more_tables=["mlnet/encoding_vs_trunk_*.md"],
+            links=[("Tidy statistics of the 64 encoding units", "mlnet/encoding_statistics.csv")],
+            text="mlnet",
         ),
         Section(
             "Task vs data: pt / sp / sr (Tables 7–8 analogues)",
@@ -397,6 +408,20 @@ def _section_text(key: str | None, records: Mapping[str, dict],
         return lines
     if key == "evaluate" and results is not None:
         return scorecard_lines(results / "tables" / "evaluate" / "summary.csv")
+    if key == "mlnet":
+        size = _param(records, "mlnet", "mlnet.input_size")
+        opt = _param(records, "mlnet", "mlnet.optimizer")
+        trunk = _param(records, "mlnet", "mlnet.trunk")
+        rec = records.get("mlnet", {})
+        if size is None:
+            return []
+        return [f"ML-Net (Cornia et al. 2016) on the {rec.get('backbone', 'pipeline')} trunk "
+                f"({trunk}), letterboxed {size[0]}×{size[1]} input, trained with {opt} on "
+                f"{rec.get('n_train', '?')} training images (validation "
+                f"{rec.get('n_val', '?')}; kept epoch {rec.get('best_epoch', '?')}). Its 64 "
+                "encoding units (the 3×3 convolution's ReLU) are dissected on the held-out "
+                "images like the trunk's layers (Eq. 1, the same statistics and null); its "
+                "output is scored in the scorecard above and in Table 4.", ""]
     if key == "inner_output":
         from dissect.inner_output import SPEARMAN_NOTE
 
@@ -434,6 +459,8 @@ def scorecard_lines(path: Path) -> list[str]:
     classical = best([m for m in names if m in ("itti", "gbvs", "bms", "spectral_residual",
                                                 "fine_grained")])
     parts = [f"DeepGaze I {cell('deepgaze', 'ig_explained')}"]
+    if "mlnet" in names:
+        parts.append(f"ML-Net {cell('mlnet', 'ig_explained')}")
     if readout:
         parts.append(f"the best readout ({readout}) {cell(readout, 'ig_explained')}")
     if classical:
