@@ -55,3 +55,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    """VGG-16 with random weights (its ImageNet weights cannot be downloaded here), one per test
+    module (a test may change the trunk's weights: nothing leaks into other modules)."""
+    from dissect.backbones import load_backbone
+
+    return load_backbone("vgg16", weights="random")
+
+
+@pytest.fixture(scope="module")
+def lite():
+    """EfficientNet-Lite0 with its ImageNet weights, one per test module."""
+    from dissect.backbones import load_backbone
+
+    return load_backbone("efficientnet_lite0")

@@ -47,16 +47,6 @@ def fire_counts(bb: Backbone, x: torch.Tensor) -> dict[str, int]:
     return counts
 
 
-@pytest.fixture(scope="module")
-def vgg():
-    return load_backbone("vgg16", weights="random")
-
-
-@pytest.fixture(scope="module")
-def lite():
-    return load_backbone("efficientnet_lite0")
-
-
 def test_vgg16_layout(vgg):
     sd = vgg.model.state_dict()
     assert list(sd) == VGG_KEYS and len(sd) == 32

@@ -126,11 +126,6 @@ def lite0() -> Backbone:
     return bb
 
 
-@pytest.fixture(scope="module")
-def vgg() -> Backbone:
-    return load_backbone("vgg16", weights="random")
-
-
 # --------------------------------------------------------------------------- class statistics
 
 

@@ -36,16 +36,6 @@ from dissect.preprocess import Preprocess
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def vgg():
-    return load_backbone("vgg16", weights="random")
-
-
-@pytest.fixture(scope="module")
-def lite():
-    return load_backbone("efficientnet_lite0")
-
-
 def _hooked(net: nn.Module, paths: dict[str, str]):
     """Forward hooks recording every output of the modules at ``paths`` (name → list)."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in paths}
@@ -57,9 +47,9 @@ def _hooked(net: nn.Module, paths: dict[str, str]):
     return seen, handles
 
 
-def _synthetic(net: MLNet, n: int = 4, seed: int = 0):
-    """Dark noisy images with one bright 24×24 square; ground truth: a Gaussian blob (σ = 1.5
-    cells) centred on the square, at the output resolution."""
+def _synthetic_set(net: MLNet, n: int, seed: int):
+    """Dark noisy uint8 images with one bright 24×24 square, and their ground truth: a Gaussian
+    blob (σ = 1.5 cells) centred on the square, at the output resolution (float64)."""
     rng = np.random.default_rng(seed)
     H, W = net.input_size
     h, w = net.output_size
@@ -72,6 +62,12 @@ def _synthetic(net: MLNet, n: int = 4, seed: int = 0):
         cy, cx = (r + 12) / 8 - 0.5, (c + 12) / 8 - 0.5
         gts.append(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.5 ** 2)))
         imgs.append(im)
+    return imgs, gts
+
+
+def _synthetic(net: MLNet, n: int = 4, seed: int = 0):
+    """:func:`_synthetic_set` as a preprocessed batch and a float32 target tensor."""
+    imgs, gts = _synthetic_set(net, n, seed)
     x = torch.cat([net.preprocess(im) for im in imgs])
     return x, torch.tensor(np.stack(gts), dtype=torch.float32)
 
@@ -479,28 +475,10 @@ def test_as_backbone_captures_the_encoding_units(lite):
 # ---------------------------------------------------------------------- 9. the training loop
 
 
-def _target_list(net: MLNet, n: int, seed: int):
-    """:func:`_synthetic`'s images (uint8, the same draws) and targets (float64 arrays)."""
-    _, y = _synthetic(net, n=n, seed=seed)
-    return _synthetic_images(net, n, seed), [t.numpy().astype(np.float64) for t in y]
-
-
-def _synthetic_images(net: MLNet, n: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    H, W = net.input_size
-    out = []
-    for _ in range(n):
-        im = rng.integers(20, 60, size=(H, W, 3)).astype(np.uint8)
-        r, c = int(rng.integers(8, H - 32)), int(rng.integers(8, W - 32))
-        im[r:r + 24, c:c + 24] = 235
-        out.append(im)
-    return out
-
-
 def test_train_mlnet_learns_and_keeps_the_best_epoch(lite):
     net = MLNet.from_backbone(lite, input_size=(96, 128), seed=0)
-    images, targets = _target_list(net, 6, seed=0)
-    val_images, val_targets = _target_list(net, 2, seed=1)
+    images, targets = _synthetic_set(net, 6, seed=0)
+    val_images, val_targets = _synthetic_set(net, 2, seed=1)
     x_val = torch.cat([net.prepare(im)[0] for im in val_images])
     y_val = torch.tensor(np.stack(val_targets), dtype=torch.float32)
 
@@ -528,7 +506,7 @@ def test_train_mlnet_cached_sources_equal_the_live_trunk(lite):
     kw = dict(epochs=2, batch_size=2, patience=2, optimizer="sgd", lr=1e-2, seed=3)
     a = MLNet.from_backbone(lite, input_size=(96, 128), seed=1)
     b = MLNet.from_backbone(lite, input_size=(96, 128), seed=1)
-    images, targets = _target_list(a, 4, seed=2)
+    images, targets = _synthetic_set(a, 4, seed=2)
     a, ha = train_mlnet(a, images, targets, images[:1], targets[:1], frozen=True, **kw)
     b.freeze_trunk()
     # the live path: frozen=False trains every parameter that requires a gradient; freezing
@@ -543,7 +521,7 @@ def test_train_mlnet_cached_sources_equal_the_live_trunk(lite):
 
 def test_train_mlnet_early_stopping_and_bad_targets(lite):
     net = MLNet.from_backbone(lite, input_size=(96, 128))
-    images, targets = _target_list(net, 2, seed=4)
+    images, targets = _synthetic_set(net, 2, seed=4)
     # an absurd learning rate: the validation loss stops improving, patience 1 stops it, and
     # the returned network is the best epoch's, not the last one's
     net, history = train_mlnet(net, images, targets, images, targets, epochs=10, batch_size=2,
