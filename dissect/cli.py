@@ -36,7 +36,12 @@ STAGES: dict[str, tuple[str, str]] = {
     "deepgaze": ("deepgaze", "DeepGaze I: layer comparison, committed model, picked units"),
     "mlnet": ("mlnet", "train ML-Net (multi-level features, learned prior) on the training split"),
     "mlnet-dissect": ("mlnet_dissect", "ML-Net's encoding units (Eq. 1), learned prior, pop-out"),
+    "extract-implicit": ("implicit", "cache the class-gradient statistics (µ, V) of the "
+                                     "implicit-saliency layers (Zarr)"),
+    "implicit": ("implicit", "implicit saliency per layer vs Grad-CAM, Guided Backprop; "
+                             "gradient units (Eq. 1)"),
     "evaluate": ("evaluate", "every model x every metric on held-out images: the leaderboard"),
+    "robustness": ("robustness", "every model on Gaussian-blurred held-out images: the drop"),
     "scene": ("scene", "scene-recognition fine-tuning and pt/sp/sr comparison: Tables 7-8"),
     "figures": ("figures", "all figures from the committed tables and caches"),
     "report": ("report", "results/report.md (+ HTML) with provenance"),

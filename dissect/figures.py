@@ -1350,3 +1350,53 @@ def prior_figure(prior: np.ndarray, centre_bias: np.ndarray, *, cc: float | None
     if cc is not None:
         _note(fig, f"Pearson correlation over the image's pixels: {cc:.3f}")
     return fig
+
+
+@_styled
+def implicit_gain_figure(table: pd.DataFrame, gain: pd.DataFrame,
+                         layers: Sequence[str]) -> Figure:
+    """Implicit saliency per layer (Sun et al. 2020, Fig. 4's analogue): per metric (NSS, CC) a
+    panel of the mean score of each method along ``layers`` (S_C, S_F, Grad-CAM; Guided
+    Backprop, layer-free, as a dashed line) with interval bars, and a panel of the paired gain
+    S_C − S_F per layer. ``table``: :func:`dissect.image_means.means_table` rows ``layer,
+    method, metric, value, ci_low, ci_high``; ``gain``: the paired differences ``layer, metric,
+    value, ci_low, ci_high``."""
+    source = "implicit saliency per layer"
+    t = _require_columns(table, ["layer", "method", "metric", "value", "ci_low", "ci_high"],
+                         source)
+    g = _require_columns(gain, ["layer", "metric", "value", "ci_low", "ci_high"], source)
+    layers = list(layers)
+    x = np.arange(len(layers))
+    fig = _new_figure(7.2, 4.4)
+    axes = fig.subplots(2, 2, sharex="col")
+    for row, metric in enumerate(("nss", "cc")):
+        ax = axes[row, 0]
+        for k, method in enumerate(sorted(set(t["method"]), key=list(t["method"]).index)):
+            part = t[(t["method"] == method) & (t["metric"] == metric)]
+            if part.empty:
+                continue
+            if set(part["layer"]) <= {"input"}:
+                ax.axhline(float(part["value"].iloc[0]), color=f"C{k}", ls="--", lw=1,
+                           label=f"{method} (input)")
+                continue
+            part = part.set_index("layer").reindex(layers)
+            v = part["value"].to_numpy(float)
+            err = np.vstack([v - part["ci_low"].to_numpy(float),
+                             part["ci_high"].to_numpy(float) - v])
+            ax.errorbar(x, v, yerr=np.abs(err), marker="o", ms=3, capsize=2, color=f"C{k}",
+                        label=method)
+        ax.set_ylabel(metric.upper())
+        ax.axhline(0, color="0.6", lw=0.5)
+        gp = g[g["metric"] == metric].set_index("layer").reindex(layers)
+        v = gp["value"].to_numpy(float)
+        err = np.vstack([v - gp["ci_low"].to_numpy(float), gp["ci_high"].to_numpy(float) - v])
+        axes[row, 1].bar(x, v, yerr=np.abs(err), capsize=2, color="C0")
+        axes[row, 1].axhline(0, color="0.3", lw=0.6)
+        axes[row, 1].set_ylabel(f"{metric.upper()} gain S_C − S_F")
+    for ax in axes[1]:
+        ax.set_xticks(x, layers, rotation=30, ha="right")
+    axes[0, 0].legend(frameon=False, fontsize=6)
+    axes[0, 0].set_title("per layer (mid → late)")
+    axes[0, 1].set_title("gain of S_C over S_F (paired)")
+    _note(fig, "held-out images; bars: image-bootstrap intervals")
+    return fig

@@ -313,8 +313,18 @@ class MLNetParams(_Section):
     seed: Seed
 
 
+class ImplicitParams(_Section):
+    layers: names(Text)  # mid to late; each in backbone.layers; the first is the scorecard's
+    classes: Count | None  # null = every output of the network; n = the first n
+    chunk_size: Count  # classes per batched backward pass
+    variance_norm: Literal["per_map", "global"]  # V̂: min–max per channel map | whole tensor
+    gradcam_layer: Text  # the scorecard's and pop-out's Grad-CAM layer
+    blur_radius: NonNegative  # Table 2: σ = blur_radius × width / blur_reference_width
+    blur_reference_width: Count
+
+
 EVALUATE_MODELS = ("uniform", "centre_bias", "gold_standard", *CLASSICAL_NAMES, "readouts",
-                   "deepgaze", "mlnet")
+                   "deepgaze", "mlnet", "implicit_saliency", "gradcam")
 
 
 class EvaluateParams(_Section):
@@ -347,6 +357,7 @@ class ParamsSchema(_Section):
     baselines: BaselinesParams
     deepgaze: DeepGazeParams
     mlnet: MLNetParams
+    implicit: ImplicitParams
     evaluate: EvaluateParams
 
 

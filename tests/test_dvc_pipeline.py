@@ -50,8 +50,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # what changing only T (stats.threshold) must rerun, per the issue
 # (inner-output reads the top-k null means from the statistics table, for the null-corrected
 # inner-vs-output Spearman, so it reruns when that table changes; mlnet-dissect computes the
-# category statistics of ML-Net's encoding units with the same stats parameters)
-T_RERUN = {"statistics", "inner-output", "mlnet-dissect", "figures", "report"}
+# category statistics of ML-Net's encoding units with the same stats parameters, implicit those
+# of the gradient units)
+T_RERUN = {"statistics", "inner-output", "mlnet-dissect", "implicit", "figures", "report"}
 
 FAKE_STAGE = r'''
 """Fake stage: write every declared out from a digest of the stage's declared deps and params."""

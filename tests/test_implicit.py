@@ -386,3 +386,146 @@ def test_guided_backprop_on_lite0_zeroes_negative_gradients_at_every_relu6(lite0
     s = GuidedBackpropModel(lite0, target=target, input_size=(64, 64)).saliency_map(image)
     ref = upsample_ref(guided[0].abs().amax(0).numpy(), image.shape[:2])
     np.testing.assert_allclose(s, ref, rtol=1e-12)
+
+
+# ------------------------------------------------------- several layers, the statistics cache
+
+
+def test_several_layers_from_one_backward_equal_each_layer_alone(lite0, image):
+    """gradient_statistics_layers (one batched backward for all layers) equals the loop of
+    plain backward passes at each layer; the later layers are read from the same pass."""
+    from dissect.models.implicit import gradient_statistics_layers
+
+    x = Preprocess((64, 64))(image).double()
+    classes = [0, 3, 283, 999]
+    names = ["block10", "block12", "block15"]
+    stats, p, idx = gradient_statistics_layers(
+        lite0.model, [lite0.module(n) for n in names], x, classes, chunk_size=3)
+    assert idx == classes and len(stats) == 3
+    for name, (mean, var, act) in zip(names, stats, strict=True):
+        r = loop_r(lite0.model, lite0.module(name), x, classes)
+        assert rel_err(mean, r.mean(0)) <= 1e-6 and rel_err(var, r.var(0)) <= 1e-6, name
+        assert mean.shape == act.shape
+    # a module listed twice, or none, is refused
+    with pytest.raises(DataError, match="distinct"):
+        gradient_statistics_layers(lite0.model, [lite0.module("block10")] * 2, x, classes)
+    with pytest.raises(DataError, match="distinct"):
+        gradient_statistics_layers(lite0.model, [], x, classes)
+
+
+def test_statistics_cache_and_the_model_reading_it(tmp_path):
+    """statistics_backbone through the activation cache stores µ and V per unit (float32); the
+    implicit model reads a stored image and gives the map it computes live; a stored image
+    whose content changed is refused, an image not stored is computed."""
+    from _helpers_cache import png_fixation_dataset
+
+    from dissect.cache import extract_activations, open_activations
+    from dissect.models.implicit import statistics_backbone, statistics_id
+
+    net = tiny_net()
+    bb = tiny_backbone(net)
+    ds = png_fixation_dataset(tmp_path, [(24, 32), (24, 32), (12, 16)], 2, seed=0)
+    sbb = statistics_backbone(bb, ["last", "mid"], classes=None, chunk_size=3)
+    assert list(sbb.layers) == ["mid", "last", "mid_var", "last_var"]
+    assert sbb.weights_id == statistics_id(bb, None, 3) != statistics_id(bb, 5, 3)
+    store = extract_activations(ds.subset(["im0", "im1"]), sbb, None, tmp_path / "g.zarr",
+                                batch_size=2, dtype="float32", progress=False)
+    for i in ("im0", "im1"):
+        x = bb.preprocess(ds.load_image(i)).double()
+        for layer, module in (("mid", net[3]), ("last", net[6])):
+            r = loop_r(net, module, x, range(7))
+            np.testing.assert_allclose(open_activations(store, layer).sel(image=i).values,
+                                       r.mean(0), rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(
+                open_activations(store, layer + "_var").sel(image=i).values, r.var(0),
+                rtol=1e-5, atol=1e-9)
+    cached = implicit_saliency_model(bb, "mid", store=store, images=ds, chunk_size=3)
+    live = implicit_saliency_model(bb, "mid", chunk_size=3)
+    calls = []
+    handle = net[0].register_forward_hook(lambda *_: calls.append(1))
+    stim = StimulusImage("im0", ds.load_image("im0"))
+    a = cached.saliency_map(stim)
+    assert not calls  # read from the store: no forward pass
+    handle.remove()
+    assert rel_err(a, live.saliency_map(stim)) <= 1e-5
+    other = StimulusImage("im2", ds.load_image("im2"))  # not stored: computed
+    np.testing.assert_allclose(cached.saliency_map(other), live.saliency_map(other), rtol=1e-12)
+    # altered pixels under a stored id (a blurred copy): computed, not read
+    altered = StimulusImage("im1", 255 - ds.load_image("im1"))
+    np.testing.assert_allclose(cached.saliency_map(altered), live.saliency_map(altered),
+                               rtol=1e-12)
+    # the image file changed since the store was filled: refused
+    from PIL import Image
+
+    f = ds["im1"].file
+    Image.fromarray(255 - np.asarray(Image.open(f))).save(f)
+    new = StimulusImage("im1", ds.load_image("im1"))
+    with pytest.raises(DataError, match="another image content"):
+        cached.saliency_map(new)
+    with pytest.raises(DataError, match="other weights, classes or code"):
+        implicit_saliency_model(bb, "mid", store=store, images=ds, chunk_size=4)
+    with pytest.raises(DataError, match="dataset of its images"):
+        implicit_saliency_model(bb, "mid", store=store, chunk_size=3)
+
+
+def test_the_registry_builds_the_four_models(lite0):
+    from dissect.models.base import load_model
+
+    kinds = {"implicit_saliency": ImplicitSaliencyModel, "feedforward_saliency":
+             FeedForwardSaliencyModel, "gradcam": GradCamModel,
+             "guided_backprop": GuidedBackpropModel}
+    for name, cls in kinds.items():
+        m = load_model(name, backbone=lite0)
+        assert isinstance(m, cls) and isinstance(m, SaliencyModel)
+    assert load_model("implicit_saliency", backbone=lite0).layer == "block10"
+
+
+class Branches(nn.Module):
+    """stem → two parallel conv+ReLU branches ``a`` and ``b`` → concatenation → conv → GAP →
+    linear (float64): layers on sibling branches, neither downstream of the other."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(5)
+            self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.a = nn.Sequential(nn.Conv2d(4, 3, 3, padding=1), nn.ReLU())
+            self.b = nn.Sequential(nn.Conv2d(4, 2, 1), nn.ReLU())
+            self.head = nn.Sequential(nn.Conv2d(5, 6, 3, padding=1), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5))
+        self.double().eval()
+
+    def forward(self, x):
+        s = self.stem(x)
+        return self.head(torch.cat([self.a(s), self.b(s)], dim=1))
+
+
+def test_layers_on_sibling_branches():
+    from dissect.models.implicit import gradient_statistics_layers
+
+    net = Branches()
+    x = torch.randn(1, 3, 10, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    modules = [net.a, net.b, net.head[1]]
+    stats, _, idx = gradient_statistics_layers(net, modules, x, None, chunk_size=2)
+    for module, (mean, var, _) in zip(modules, stats, strict=True):
+        r = loop_r(net, module, x, idx)
+        assert rel_err(mean, r.mean(0)) <= 1e-12 and rel_err(var, r.var(0)) <= 1e-12
+
+
+def test_models_sharing_a_backbone_on_threads_equal_the_sequential_maps(image):
+    """Two models on one backbone, each called from two threads at once: the maps equal the
+    sequential ones (the network's lock serialises the hooked passes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bb = tiny_backbone(tiny_net(), size=(24, 32))
+    implicit = implicit_saliency_model(bb, "mid", chunk_size=3)
+    cam = gradcam_model(bb, "last")
+    stims = [StimulusImage(f"i{k}", np.roll(image, 5 * k, axis=1)) for k in range(4)]
+    want = [(implicit.saliency_map(s), cam.saliency_map(s)) for s in stims]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda s: (implicit.saliency_map(s), cam.saliency_map(s)),
+                            stims * 2))
+    for (a, b), (c, d) in zip(want * 2, got, strict=True):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    assert implicit.lock is cam.lock  # one lock per network

@@ -130,6 +130,27 @@ def test_whole_chain_on_a_dozen_osie_images(chain):
     prior = pd.read_csv(res / "tables" / "mlnet" / "learned_prior.csv")
     assert prior["image_size"].item() == "600x800"
     assert (res / "figures" / "mlnet" / "learned_prior.png").is_file()
+    # implicit saliency: per-layer table and gain, gradient units, blur robustness, scorecard
+    t1 = pd.read_csv(res / "tables" / "implicit" / "table1_layers.csv")
+    assert set(t1["method"]) == {"implicit S_C", "feedforward S_F", "grad_cam",
+                                 "guided_backprop"}
+    assert set(t1["layer"]) == {"block14", "block15", "input"}
+    # every image is in every cell, scored or counted undefined (a Grad-CAM map that the ReLU
+    # zeroes everywhere is constant: NSS and CC undefined); S_C and S_F are defined everywhere
+    assert ((t1["n_images"] + t1["n_undefined"]) == 12).all()
+    assert (t1.loc[t1["method"].str.contains("S_"), "n_images"] == 12).all()
+    gain = pd.read_csv(res / "tables" / "implicit" / "fig4_gain.csv")
+    assert list(gain["layer"].unique()) == ["block14", "block15"]
+    gv = pd.read_csv(res / "tables" / "implicit" / "gradient_vs_activation_top10_mean.csv")
+    assert set(gv["layer"]) == {"block14", "block15"} and gv["gradient"].notna().any()
+    assert {"implicit_saliency", "gradcam"} <= models
+    assert {"implicit_saliency", "gradcam"} <= set(t4["model"])
+    blur = pd.read_csv(res / "tables" / "robustness" / "table2_blur.csv").set_index("model")
+    assert not {"uniform", "gold_standard"} & set(blur.index)
+    assert {"implicit_saliency", "gradcam", "deepgaze", "mlnet", "itti"} <= set(blur.index)
+    # the centre bias ignores the image: blurred and clean scores are the same computation
+    assert blur.loc["centre_bias", "nss_drop"] == 0.0 and blur.loc["centre_bias", "cc_drop"] == 0.0
+    assert (res / "figures" / "implicit" / "fig4_gain.png").is_file()
     figs = {p.name for p in (res / "figures" / "paper").glob("*.png")}
     assert {"table2_top10.png", "fig4_improvement.png", "fig3_units_pretrained.png",
             "fig8_popout_examples.png", "fig11_task_maps.png"} <= figs

@@ -268,11 +268,14 @@ def test_popout_stages_write_tables_through_replacing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(popout, "mlnet_rows", lambda params, base, arrays: score_model(
         "mlnet", "mlnet", arrays, load_model("spectral_residual").saliency_map))
+    # implicit saliency and Grad-CAM on this tiny trunk (its layers c1 / c2; few classes)
+    params["implicit"] = {**params["implicit"], "layers": ["c1"], "gradcam_layer": "c2",
+                               "classes": 4, "chunk_size": 2}
     popout.run_popout_readouts(params)
     per_array = pd.read_csv(res / "popout_readouts" / "popout_nmm.csv")
     assert list(dict.fromkeys(per_array["model"])) == [
         "spectral_residual", "readout_k0", "readout_all", "deepgaze_uniform", "deepgaze_centre",
-        "mlnet"]
+        "mlnet", "implicit_saliency", "gradcam"]
     dg = per_array[per_array["model"].str.startswith("deepgaze")].pivot(
         index="array", columns="model", values="nmm")
     assert np.isfinite(dg.to_numpy()).all()

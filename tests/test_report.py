@@ -186,8 +186,14 @@ def make_tree(root: Path, top_k: int, ks: list, *, extract_size=None):
                     tables / "mlnet" / stem)
     write_table(pd.DataFrame(dict(epoch=[1], val_loss=[0.1])),
                 tables / "mlnet_training" / "training_curve")
+    # implicit saliency and the blur robustness (issue 14)
+    for stem in ("implicit/table1_layers", "implicit/fig4_gain", "robustness/table2_blur",
+                 f"implicit/gradient_vs_activation_{top}",
+                 "implicit/gradient_vs_activation_count_above_T"):
+        write_table(pd.DataFrame(dict(layer=["block10"], value=[1.0])), tables / stem)
     for name in ("evaluate/leaderboard.png", "deepgaze/layer_comparison.png",
-                 "deepgaze/picked_selectivity.png", "mlnet/learned_prior.png"):
+                 "deepgaze/picked_selectivity.png", "mlnet/learned_prior.png",
+                 "implicit/fig4_gain.png"):
         _png(results / "figures" / name)
     figures = [f"table2_top{top_k}.png", f"table2_top{top_k}_excess.png", "table2_count.png",
                "fig3_units_pretrained.png", f"table3_top{top_k}.png",
@@ -211,11 +217,12 @@ def make_tree(root: Path, top_k: int, ks: list, *, extract_size=None):
                        "task_permutation_agreement", "table8_mean_map_nss", "leaderboard",
                        "layer_comparison", "picked_selectivity", "picked_units",
                        f"encoding_vs_best_layer_{top}", "learned_prior",
-                       "table5_popout_encoding", "training_curve"]
+                       "table5_popout_encoding", "training_curve", "table1_layers",
+                       "fig4_gain", "table2_blur", f"gradient_vs_activation_{top}"]
     return params, expected_tables, [*figures, "scene_confusion.png", "evaluate/leaderboard.png",
                                      "deepgaze/layer_comparison.png",
                                      "deepgaze/picked_selectivity.png",
-                                     "mlnet/learned_prior.png"]
+                                     "mlnet/learned_prior.png", "implicit/fig4_gain.png"]
 
 
 @pytest.mark.parametrize("top_k, ks, size", [(10, [0, 1, "all"], [224, 224]), (5, [0, 2], None)])

@@ -256,12 +256,14 @@ _REGISTRY: dict[str, ModelFactory] = {}
 MODEL_NAMES: KeysView[str] = _REGISTRY.keys()
 
 #: Modules whose ``@register_model`` decorators :func:`load_model` runs on first use: the
-#: baselines, DeepGaze I, and the classical models, the readout and the scene classifier
-#: (:mod:`dissect.models.builtin`). A new model family adds its module here.
+#: baselines, DeepGaze I, the classical models, the readout, the scene classifier and ML-Net
+#: (:mod:`dissect.models.builtin`), and implicit saliency, Grad-CAM and Guided Backprop
+#: (:mod:`dissect.models.implicit`). A new model family adds its module here.
 BUILTIN_MODULES: list[str] = [
     "dissect.models.baselines",
     "dissect.models.deepgaze",
     "dissect.models.builtin",
+    "dissect.models.implicit",
 ]
 _loaded_builtins = False
 

@@ -81,9 +81,12 @@ another ``input_size``), cast to the network's dtype and device.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -96,7 +99,13 @@ from torch import Tensor, nn
 
 from dissect.errors import DataError
 from dissect.metrics.conventions import CONSTANT_RTOL
-from dissect.models.base import ImageLike, SaliencyModel, StimulusImage, image_array
+from dissect.models.base import (
+    ImageLike,
+    SaliencyModel,
+    StimulusImage,
+    image_array,
+    register_model,
+)
 
 if TYPE_CHECKING:
     from dissect.backbones import Backbone
@@ -108,6 +117,7 @@ __all__ = [
     "FeedForwardSaliencyModel",
     "GradCamModel",
     "GradientStatistics",
+    "GradientStatisticsNet",
     "GuidedBackpropModel",
     "GuidedBackpropReLU6",
     "ImplicitSaliencyModel",
@@ -117,12 +127,15 @@ __all__ = [
     "feedforward_saliency_model",
     "gradcam_model",
     "gradient_statistics",
+    "gradient_statistics_layers",
     "guided_backprop",
     "guided_backprop_model",
     "implicit_map",
     "implicit_saliency_model",
     "implicit_statistics",
     "normalise_variance",
+    "statistics_backbone",
+    "statistics_id",
     "upsample",
 ]
 
@@ -197,16 +210,18 @@ def _check_eval(model: nn.Module, source: str) -> None:
         raise DataError(source, f"the network must be in eval mode; training: {training[:3]}")
 
 
-def _forward_tail_batch(model: nn.Module, module: nn.Module, x: Tensor, batch: int, source: str,
-                        *, slice_prefix: bool) -> tuple[Tensor, Tensor]:
-    """Logits ``(batch, N_out)`` of ``batch`` copies of ``x`` and the leaf ``f``
-    ``(batch, K, h, w)`` that replaces ``module``'s output, the graph starting at ``f``.
+def _forward_tail_batch(model: nn.Module, modules: Sequence[nn.Module], x: Tensor, batch: int,
+                        source: str, *, slice_prefix: bool) -> tuple[Tensor, list[Tensor]]:
+    """Logits ``(batch, N_out)`` of ``batch`` copies of ``x`` and, per module of ``modules`` (in
+    the given order), its output ``(batch, K, h, w)`` in the graph: the module that runs first
+    is replaced by a leaf ``f`` repeating its output ``batch`` times (the graph starts there);
+    the later ones are the tensors the rest of the network is computed from.
 
     The model is called on ``batch`` copies (its forward may read the batch size from its
     input). With ``slice_prefix`` the first submodule to run cuts its input back to one row, so
-    the layers before ``module`` run once; the layer's output is then repeated to ``batch`` rows,
-    and tensors of the prefix that the tail reuses (residual inputs) broadcast."""
-    held: list[Tensor] = []
+    the layers before the first module run once; that module's output is then repeated to
+    ``batch`` rows, and tensors of the prefix that the tail reuses (residual inputs) broadcast."""
+    held: dict[int, Tensor] = {}
     sliced: list[bool] = []
 
     def first_call(_mod: nn.Module, args: tuple[object, ...]) -> tuple[object, ...] | None:
@@ -215,23 +230,41 @@ def _forward_tail_batch(model: nn.Module, module: nn.Module, x: Tensor, batch: i
         sliced.append(True)
         return (args[0][:1], *args[1:])
 
-    def layer_hook(_mod: nn.Module, _inp: object, out: object) -> Tensor:
-        if not isinstance(out, Tensor):
-            raise DataError(source, f"layer module returned {type(out).__name__}, not a tensor")
-        if out.shape[0] not in (1, batch):
-            raise DataError(source, f"layer output has batch {out.shape[0]}, expected 1 or "
-                                    f"{batch}")
-        # channels-last rows: oneDNN's convolution backward is ~1.5x faster on CPU that way
-        # (measured at Lite0 block10); the network's own weights are left as they are.
-        fmt = torch.channels_last if out.ndim == 4 else torch.contiguous_format
-        f = out.detach().expand(batch, *out.shape[1:]).contiguous(memory_format=fmt)
-        f.requires_grad_(True)
-        held.append(f)
-        # Hand the rest of the network a copy: an in-place op downstream (ReLU(inplace=True))
-        # must neither modify the leaf we differentiate against nor see it as a leaf.
-        return f.clone()
+    def layer_hook(pos: int):
+        def hook(_mod: nn.Module, _inp: object, out: object) -> Tensor:
+            if not isinstance(out, Tensor):
+                raise DataError(source, f"layer module returned {type(out).__name__}, not a "
+                                        "tensor")
+            if pos in held:
+                raise DataError(source, "a layer module ran more than once in one forward; "
+                                        "expected exactly once")
+            leaves = list(held.values())
+            if leaves and _depends_on(out, leaves):
+                # a later layer, downstream of a leaf: already in its graph, at batch ``batch``
+                if out.shape[0] != batch:
+                    raise DataError(source, f"layer output has batch {out.shape[0]}, expected "
+                                            f"{batch}")
+                held[pos] = out
+                # the rest of the network gets a copy, so an in-place op downstream cannot
+                # modify the tensor we differentiate against
+                return out.clone()
+            # a leaf: the first layer to run, or one on a branch that no earlier leaf feeds (a
+            # sibling: its gradient is the partial derivative along its own path)
+            if out.shape[0] not in (1, batch):
+                raise DataError(source, f"layer output has batch {out.shape[0]}, expected 1 or "
+                                        f"{batch}")
+            # channels-last rows: oneDNN's convolution backward is ~1.5x faster on CPU that way
+            # (measured at Lite0 block10); the network's own weights are left as they are.
+            fmt = torch.channels_last if out.ndim == 4 else torch.contiguous_format
+            f = out.detach().expand(batch, *out.shape[1:]).contiguous(memory_format=fmt)
+            f.requires_grad_(True)
+            held[pos] = f
+            # Hand the rest of the network a copy: an in-place op downstream
+            # (ReLU(inplace=True)) must neither modify the leaf nor see it as a leaf.
+            return f.clone()
+        return hook
 
-    handles = [module.register_forward_hook(layer_hook)]
+    handles = [m.register_forward_hook(layer_hook(i)) for i, m in enumerate(modules)]
     if slice_prefix:
         handles += [m.register_forward_pre_hook(first_call)
                     for name, m in model.named_modules() if name]
@@ -241,13 +274,31 @@ def _forward_tail_batch(model: nn.Module, module: nn.Module, x: Tensor, batch: i
     finally:
         for h in handles:
             h.remove()
-    if len(held) != 1:
-        raise DataError(source, f"the layer module ran {len(held)} times in one forward; "
-                                "expected exactly once")
+    if len(held) != len(modules):
+        raise DataError(source, f"{len(modules) - len(held)} of the layer modules did not run "
+                                "in the forward pass")
     if not isinstance(z, Tensor) or z.ndim != 2 or z.shape[0] != batch:
         shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
         raise DataError(source, f"the network must return logits (B, N_out), got {shape}")
-    return z, held[0]
+    return z, [held[i] for i in range(len(modules))]
+
+
+def _depends_on(t: Tensor, leaves: Sequence[Tensor]) -> bool:
+    """Whether ``t`` was computed from one of the leaf tensors ``leaves`` (a walk of its
+    autograd graph; the network's parameters are leaves too, so ``requires_grad`` cannot tell)."""
+    targets = {id(leaf) for leaf in leaves}
+    seen: set[int] = set()
+    stack = [t.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        var = getattr(fn, "variable", None)
+        if var is not None and id(var) in targets:
+            return True
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return False
 
 
 def _same_logits(z: Tensor, z_ref: Tensor) -> bool:
@@ -259,18 +310,135 @@ def _same_logits(z: Tensor, z_ref: Tensor) -> bool:
     return bool(((z.detach().double() - ref).abs() <= tol).all())
 
 
-def _check_first_gradient(g: Tensor, z_ref: Tensor, f_ref: Tensor, cot: Tensor,
-                          source: str) -> None:
-    """The batched gradient of the first class equals the one-image backward: rows that the
+def _check_first_gradient(gs: Sequence[Tensor], z_ref: Tensor, f_ref: Sequence[Tensor],
+                          cot: Tensor, source: str) -> None:
+    """The batched gradients of the first class equal the one-image backward: rows that the
     network mixes (a batch statistic in the tail) leave the logits of identical copies unchanged
-    but not their gradients."""
-    (g_ref,) = torch.autograd.grad(z_ref, f_ref, cot)
-    ref = g_ref[0].detach().double()
-    tol = 1e-4 * float(ref.abs().max()) + 1e-12
-    if not bool(((g.detach().double() - ref).abs() <= tol).all()):
-        raise DataError(source, "the network's gradients for a batch of copies of the image "
-                                "differ from those of the image alone: the rows of a batch are "
+    but not their gradients.
+
+    "Equal" is ``‖g − g_ref‖ ≤ 1e-2 ‖g_ref‖`` per layer, not elementwise: in float32 the batched
+    and the single-image passes round differently, and a unit at a ReLU/ReLU6 threshold (0 or 6)
+    can fall on the other side in one of them, switching its gradient on or off at one position
+    (seen on OSIE with EfficientNet-Lite0's float32 weights); a network mixing the rows changes
+    the gradient as a whole."""
+    refs = torch.autograd.grad(z_ref, list(f_ref), cot)
+    for k, (g, g_ref) in enumerate(zip(gs, refs, strict=True)):
+        ref = g_ref[0].detach().double()
+        diff = float((g.detach().double() - ref).norm())
+        scale = float(ref.norm())
+        if diff > 1e-2 * scale + 1e-12:
+            raise DataError(source, f"the network's gradients for a batch of copies of the "
+                                    f"image differ from those of the image alone at layer "
+                                    f"{k + 1} of {len(gs)} (relative difference "
+                                    f"{diff / max(scale, 1e-300):.2g}): the rows of a batch are "
+                                    "not independent")
+
+
+@dataclass
+class _Moments:
+    """Running (count, mean, M2) of ``R`` over classes, float64, updated by whole chunks with
+    the exact pairwise formula of Chan, Golub & LeVeque (stable where E[R²] − µ² would
+    cancel)."""
+
+    mean: Tensor
+    m2: Tensor
+    count: int = 0
+
+    def add(self, r: Tensor) -> None:
+        b = int(r.shape[0])
+        # the chunk's own two-pass moments in the gradient's dtype (as precise as the
+        # gradients themselves), then folded in float64
+        c_mean = r.mean(dim=0)
+        c_m2 = ((r - c_mean) ** 2).sum(dim=0).double()
+        delta = c_mean.double() - self.mean
+        total = self.count + b
+        self.mean = self.mean + delta * (b / total)
+        self.m2 = self.m2 + c_m2 + delta**2 * (self.count * b / total)
+        self.count = total
+
+
+def gradient_statistics_layers(
+    model: nn.Module,
+    modules: Sequence[nn.Module],
+    x: Tensor,
+    classes: int | Sequence[int] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    *,
+    source: str = "image",
+) -> tuple[list[tuple[Tensor, Tensor, Tensor]], Tensor, list[int]]:
+    """µ, V and ``f`` at the output of every module of ``modules`` for one preprocessed image
+    ``x`` ``(1, 3, h, w)``, from **one** batched backward per chunk of classes (the graph starts
+    at the module that runs first; the gradients at the later ones come out of the same pass).
+
+    Returns ``([(mean, var, activation) per module], probabilities, classes)``, float64:
+    ``mean`` / ``var`` / ``activation`` ``(K, h', w')`` per module, ``probabilities``
+    ``(N_out,)``. ``model(x)`` must give logits ``(B, N_out)``; each module must run exactly once
+    per forward and return one tensor. See the module docstring for the chunked computation
+    (chunks of ``chunk_size`` classes; the last one padded with zero cotangents). Errors name
+    ``source``.
+    """
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise DataError(source, f"expected one preprocessed image (1, C, h, w), got "
+                                f"{tuple(x.shape)}")
+    if isinstance(chunk_size, bool) or int(chunk_size) < 1:
+        raise DataError(source, f"chunk_size must be >= 1, got {chunk_size!r}")
+    modules = list(modules)
+    if not modules or len({id(m) for m in modules}) != len(modules):
+        raise DataError(source, "give one or more distinct layer modules")
+    _check_eval(model, source)
+    # The batch size: the chunk, or fewer rows when fewer classes were asked for (a count that
+    # is wrong whatever the network is refused before any forward).
+    batch = int(chunk_size)
+    if classes is not None:
+        n_asked = int(classes) if isinstance(classes, int | np.integer) else len(classes)
+        _at_least_two(n_asked, source)
+        batch = min(batch, n_asked)
+
+    # The plain one-image forward (graph from the first layer on), against which the batched
+    # forward and the first class's batched gradients are checked.
+    z_ref, f_ref = _forward_tail_batch(model, modules, x, 1, source, slice_prefix=False)
+    z = None
+    fs: list[Tensor] = []
+    for slice_prefix in (True, False):
+        try:
+            z, fs = _forward_tail_batch(model, modules, x, batch, source,
+                                        slice_prefix=slice_prefix)
+        except RuntimeError:
+            # The tail mixed a one-row prefix tensor with the batch in a way broadcasting does
+            # not cover (e.g. a concatenation): run the whole network on the copies instead.
+            continue
+        if _same_logits(z, z_ref):
+            break
+        z = None
+    if z is None:
+        raise DataError(source, "the network's logits for a batch of copies of the image differ "
+                                "from its logits for the image alone: the rows of a batch are "
                                 "not independent")
+    n_out = int(z.shape[1])
+    idx = _class_indices(classes, n_out, source)
+    p = torch.softmax(z[0].detach().double(), dim=0)
+
+    moments = [_Moments(torch.zeros(f.shape[1:], dtype=torch.float64, device=f.device),
+                        torch.zeros(f.shape[1:], dtype=torch.float64, device=f.device))
+               for f in fs]
+    rows = torch.arange(batch, device=z.device)
+    for start in range(0, len(idx), batch):
+        chunk = torch.as_tensor(idx[start:start + batch], device=z.device)
+        b = len(chunk)
+        # ∂J_i/∂z = p − e_i (one row per class); padding rows stay zero.
+        cot = torch.zeros(batch, n_out, dtype=torch.float64, device=z.device)
+        cot[:b] = p
+        cot[rows[:b], chunk] -= 1.0
+        gs = torch.autograd.grad(z, fs, cot.to(z.dtype), retain_graph=True)
+        if start == 0:
+            _check_first_gradient([g[0] for g in gs], z_ref, f_ref, cot[:1].to(z.dtype),
+                                  source)
+            del z_ref, f_ref
+        for mom, g in zip(moments, gs, strict=True):
+            mom.add(g[:b].detach().abs())  # R_i = |g_i|, (b, K, h, w)
+    out = [(m.mean, m.m2 / m.count, f[0].detach().double()) for m, f in zip(moments, fs,
+                                                                             strict=True)]
+    return out, p, idx
 
 
 def gradient_statistics(
@@ -282,80 +450,11 @@ def gradient_statistics(
     *,
     source: str = "image",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[int]]:
-    """µ, V and ``f`` at ``module``'s output for one preprocessed image ``x`` ``(1, 3, h, w)``.
-
-    Returns float64 ``(mean, var, activation, probabilities, classes)``: ``mean`` / ``var`` /
-    ``activation`` ``(K, h', w')``, ``probabilities`` ``(N_out,)``. ``model(x)`` must give logits
-    ``(B, N_out)``; ``module`` must run exactly once per forward and return one tensor. See the
-    module docstring for the chunked computation (chunks of ``chunk_size`` classes; the last one
-    padded with zero cotangents). Errors name ``source``.
-    """
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise DataError(source, f"expected one preprocessed image (1, C, h, w), got "
-                                f"{tuple(x.shape)}")
-    if isinstance(chunk_size, bool) or int(chunk_size) < 1:
-        raise DataError(source, f"chunk_size must be >= 1, got {chunk_size!r}")
-    _check_eval(model, source)
-    # The batch size: the chunk, or fewer rows when fewer classes were asked for (a count that
-    # is wrong whatever the network is refused before any forward).
-    batch = int(chunk_size)
-    if classes is not None:
-        n_asked = int(classes) if isinstance(classes, int | np.integer) else len(classes)
-        _at_least_two(n_asked, source)
-        batch = min(batch, n_asked)
-
-    # The plain one-image forward (graph from the layer on), against which the batched forward
-    # and the first class's batched gradient are checked.
-    z_ref, f_ref = _forward_tail_batch(model, module, x, 1, source, slice_prefix=False)
-    z = f = None
-    for slice_prefix in (True, False):
-        try:
-            z, f = _forward_tail_batch(model, module, x, batch, source,
-                                       slice_prefix=slice_prefix)
-        except RuntimeError:
-            # The tail mixed a one-row prefix tensor with the batch in a way broadcasting does
-            # not cover (e.g. a concatenation): run the whole network on the copies instead.
-            continue
-        if _same_logits(z, z_ref):
-            break
-        z = f = None
-    if z is None or f is None:
-        raise DataError(source, "the network's logits for a batch of copies of the image differ "
-                                "from its logits for the image alone: the rows of a batch are "
-                                "not independent")
-    n_out = int(z.shape[1])
-    idx = _class_indices(classes, n_out, source)
-    p = torch.softmax(z[0].detach().double(), dim=0)
-
-    count = 0
-    mean = torch.zeros(f.shape[1:], dtype=torch.float64, device=f.device)
-    m2 = torch.zeros_like(mean)
-    rows = torch.arange(batch, device=z.device)
-    for start in range(0, len(idx), batch):
-        chunk = torch.as_tensor(idx[start:start + batch], device=z.device)
-        b = len(chunk)
-        # ∂J_i/∂z = p − e_i (one row per class); padding rows stay zero.
-        cot = torch.zeros(batch, n_out, dtype=torch.float64, device=z.device)
-        cot[:b] = p
-        cot[rows[:b], chunk] -= 1.0
-        (g,) = torch.autograd.grad(z, f, cot.to(z.dtype), retain_graph=True)
-        if start == 0:
-            _check_first_gradient(g[0], z_ref, f_ref, cot[:1].to(z.dtype), source)
-            del z_ref, f_ref
-        r = g[:b].detach().abs()  # R_i = |g_i|, (b, K, h, w), in the network's dtype
-        # Chan, Golub & LeVeque's pairwise update of (count, mean, M2) in float64: exact, and
-        # stable where E[R²] − µ² would cancel. The chunk's own two-pass moments are taken in
-        # the gradient's dtype (they are as precise as the gradients themselves).
-        c_mean = r.mean(dim=0)
-        c_m2 = ((r - c_mean) ** 2).sum(dim=0).double()
-        c_mean = c_mean.double()
-        delta = c_mean - mean
-        total = count + b
-        mean = mean + delta * (b / total)
-        m2 = m2 + c_m2 + delta**2 * (count * b / total)
-        count = total
-    var = m2 / count
-    return mean, var, f[0].detach().double(), p, idx
+    """µ, V and ``f`` at one ``module``'s output (:func:`gradient_statistics_layers` with one
+    module): float64 ``(mean, var, activation, probabilities, classes)``."""
+    [(mean, var, act)], p, idx = gradient_statistics_layers(model, [module], x, classes,
+                                                            chunk_size, source=source)
+    return mean, var, act, p, idx
 
 
 # ------------------------------------------------------------------------------------------------
@@ -454,7 +553,12 @@ def _param(model: nn.Module) -> Tensor:
 
 class _BackboneSaliency(SaliencyModel):
     """Shared parts: the backbone, its preprocessing (optionally at ``input_size``), the chosen
-    layer, ``layers`` / ``module`` of the shared interface."""
+    layer, ``layers`` / ``module`` of the shared interface.
+
+    The maps hook the modules of the backbone's network while they run, so they are computed
+    under that network's lock (:func:`dissect.cache._model_lock`, the lock the activation cache
+    takes too): two models sharing one backbone, or one model on two threads (``evaluate``'s Dask
+    tasks), run one map at a time; models on separate backbones run in parallel."""
 
     def __init__(self, backbone: Backbone, layer: str | None, input_size: tuple[int, int] | None,
                  name: str):
@@ -485,18 +589,35 @@ class _BackboneSaliency(SaliencyModel):
         with torch.no_grad():
             return int(self.backbone.model(x)[0].argmax())
 
+    @property
+    def lock(self) -> threading.Lock:
+        """The lock of the backbone's network (one per ``nn.Module``, shared by every user)."""
+        from dissect.cache import _model_lock
+
+        return _model_lock(self.backbone.model)
+
+    def saliency_map(self, image: ImageLike) -> NDArray[np.float64]:
+        with self.lock:
+            return self._map(image)
+
+    def _map(self, image: ImageLike) -> NDArray[np.float64]:
+        raise NotImplementedError
+
 
 class ImplicitSaliencyModel(_BackboneSaliency):
     """``S_C`` of Sun et al. at one layer (see the module docstring), upsampled to the image.
 
     ``classes``: None (all outputs), ``n`` (classes ``0 … n−1``) or indices; ``chunk_size``:
-    classes per batched backward; ``variance_norm``: ``"per_map"`` or ``"global"``. A spatially
-    constant map (a layer feeding global average pooling) or all-zero class gradients →
-    ``DataError`` naming the image."""
+    classes per batched backward; ``variance_norm``: ``"per_map"`` or ``"global"``; ``store``
+    and ``images``: a gradient-statistics store (:func:`statistics_backbone`) of images of the
+    dataset ``images``, read for a stimulus that is one of them (:class:`_StatisticsStore`). A
+    spatially constant map (a layer feeding global average pooling) or all-zero class gradients
+    → ``DataError`` naming the image."""
 
     def __init__(self, backbone: Backbone, layer: str, *, classes: int | Sequence[int] | None,
                  chunk_size: int = DEFAULT_CHUNK, variance_norm: VarianceNorm = "per_map",
-                 input_size: tuple[int, int] | None = None, name: str | None = None):
+                 input_size: tuple[int, int] | None = None, name: str | None = None,
+                 store: str | Path | None = None, images: object | None = None):
         if variance_norm not in VARIANCE_NORMS:
             raise DataError("variance_norm", f"unknown {variance_norm!r}; choose one of "
                                              f"{VARIANCE_NORMS}")
@@ -504,17 +625,28 @@ class ImplicitSaliencyModel(_BackboneSaliency):
         self.classes = classes
         self.chunk_size = int(chunk_size)
         self.variance_norm: VarianceNorm = variance_norm
+        self.store = None if store is None else _StatisticsStore(
+            Path(store), statistics_id(backbone, classes, self.chunk_size), self.preprocess,
+            layer, images)
 
     def statistics(self, image: ImageLike) -> GradientStatistics:
         """µ, V and the activation at the layer for ``image`` (:func:`implicit_statistics`)."""
         x, _, source = self._input(image)
-        return _statistics(self.backbone, str(self.layer), x, self.classes, self.chunk_size,
-                           source)
+        with self.lock:
+            return _statistics(self.backbone, str(self.layer), x, self.classes,
+                               self.chunk_size, source)
 
-    def saliency_map(self, image: ImageLike) -> NDArray[np.float64]:
-        x, size, source = self._input(image)
-        st = _statistics(self.backbone, str(self.layer), x, self.classes, self.chunk_size, source)
-        mean, var = torch.from_numpy(st.mean), torch.from_numpy(st.var)
+    def _map(self, image: ImageLike) -> NDArray[np.float64]:
+        cached = self.store.get(image) if self.store is not None else None
+        if cached is not None:
+            mean, var = cached
+            size = image_array(image).shape[:2]
+            source = image.id if isinstance(image, StimulusImage) else "image"
+        else:
+            x, size, source = self._input(image)
+            st = _statistics(self.backbone, str(self.layer), x, self.classes, self.chunk_size,
+                             source)
+            mean, var = torch.from_numpy(st.mean), torch.from_numpy(st.var)
         if not bool((mean > 0).any()):
             raise DataError(source, f"every class gradient is zero at layer {self.layer}: no "
                                     "path from the logits to this layer is active for this image")
@@ -524,7 +656,7 @@ class ImplicitSaliencyModel(_BackboneSaliency):
                                     "gradients are the same at every position (the layer feeds "
                                     "global average pooling, or its map is 1x1); use a mid layer, "
                                     f"e.g. {DEFAULT_LAYERS.get(self.backbone.name, 'an earlier')}")
-        return upsample(s, size)
+        return upsample(s, (int(size[0]), int(size[1])))
 
 
 class FeedForwardSaliencyModel(_BackboneSaliency):
@@ -535,7 +667,7 @@ class FeedForwardSaliencyModel(_BackboneSaliency):
                  input_size: tuple[int, int] | None = None, name: str | None = None):
         super().__init__(backbone, layer, input_size, name or f"feedforward_{layer}")
 
-    def saliency_map(self, image: ImageLike) -> NDArray[np.float64]:
+    def _map(self, image: ImageLike) -> NDArray[np.float64]:
         x, size, _ = self._input(image)
         module = self.backbone.module(str(self.layer))
         with torch.no_grad():
@@ -552,7 +684,7 @@ class GradCamModel(_BackboneSaliency):
         super().__init__(backbone, layer, input_size, name or f"gradcam_{layer}")
         self.target = target
 
-    def saliency_map(self, image: ImageLike) -> NDArray[np.float64]:
+    def _map(self, image: ImageLike) -> NDArray[np.float64]:
         x, size, _ = self._input(image)
         target = self._top1(x) if self.target is None else int(self.target)
         cam = LayerGradCam(self.backbone.model, self.backbone.module(str(self.layer)))
@@ -569,11 +701,164 @@ class GuidedBackpropModel(_BackboneSaliency):
         super().__init__(backbone, None, input_size, name or "guided_backprop")
         self.target = target
 
-    def saliency_map(self, image: ImageLike) -> NDArray[np.float64]:
+    def _map(self, image: ImageLike) -> NDArray[np.float64]:
         x, size, _ = self._input(image)
         target = self._top1(x) if self.target is None else int(self.target)
         grad = guided_backprop(self.backbone.model, x, target)
         return upsample(grad[0].abs().amax(dim=0), size)
+
+
+# ------------------------------------------------------------------------------------------------
+# the gradient-statistics cache: µ and V per unit, stored and dissected like activations
+
+#: Store layer name of a layer's variance map (its µ map is stored under the layer's own name).
+VAR_SUFFIX = "_var"
+
+
+def statistics_id(backbone: Backbone, classes: int | Sequence[int] | None,
+                  chunk_size: int = DEFAULT_CHUNK) -> str:
+    """What the statistics depend on besides the image and the preprocessing: the backbone's
+    weights, the classes, the chunk size (float rounding) and the source of the code computing
+    them (:data:`_STATISTICS_CODE`; an edit elsewhere in this module, e.g. to Grad-CAM, keeps
+    the store). The activation cache keys a store by it (``weights_id``), so a change to any of
+    them rebuilds the store rather than reusing it."""
+    import inspect
+
+    code = hashlib.sha256("".join(inspect.getsource(o) for o in _STATISTICS_CODE).encode())
+    if classes is None:
+        cls = "all"
+    elif isinstance(classes, int | np.integer):
+        cls = f"first{int(classes)}"
+    else:
+        cls = ",".join(str(int(c)) for c in classes)
+    text = f"{backbone.weights_id}|{cls}|{int(chunk_size)}|{code.hexdigest()[:16]}"
+    return "implicit-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class GradientStatisticsNet(nn.Module):
+    """A network whose "units" are the class-gradient statistics of another's layers.
+
+    ``forward(x)`` runs :func:`gradient_statistics_layers` on each image of the batch (one
+    batched backward per chunk of classes for all ``layers`` at once) and passes µ of layer
+    ``L`` through the identity module ``mean.L`` and V through ``var.L`` (float32), so the
+    activation cache (:mod:`dissect.cache`, via :func:`statistics_backbone`) stores them with
+    its locks, checksums and resumption. Returns ``softmax(z)`` ``(B, N_out)``."""
+
+    def __init__(self, backbone: Backbone, layers: Sequence[str],
+                 classes: int | Sequence[int] | None = None, chunk_size: int = DEFAULT_CHUNK):
+        super().__init__()
+        unknown = [n for n in layers if n not in backbone.layers]
+        if unknown or not layers:
+            raise DataError(backbone.name, f"no layer(s) {unknown or '(none given)'}; known: "
+                                           f"{list(backbone.layers)}")
+        order = list(backbone.layers)
+        self.layer_names = sorted(dict.fromkeys(layers), key=order.index)
+        self.paths = [backbone.layers[n] for n in self.layer_names]
+        self.net = backbone.model
+        self.classes = classes
+        self.chunk_size = int(chunk_size)
+        self.mean = nn.ModuleDict({n: nn.Identity() for n in self.layer_names})
+        self.var = nn.ModuleDict({n: nn.Identity() for n in self.layer_names})
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        modules = [self.net.get_submodule(p) for p in self.paths]
+        x = x.to(_param(self.net).dtype)  # the cache feeds float32
+        means: list[list[Tensor]] = [[] for _ in modules]
+        variances: list[list[Tensor]] = [[] for _ in modules]
+        probs = []
+        with torch.enable_grad():
+            for b in range(x.shape[0]):
+                stats, p, _ = gradient_statistics_layers(
+                    self.net, modules, x[b:b + 1], self.classes, self.chunk_size,
+                    source=f"image {b} of the batch")
+                for j, (mean, var, _act) in enumerate(stats):
+                    means[j].append(mean.float())
+                    variances[j].append(var.float())
+                probs.append(p.float())
+        for j, n in enumerate(self.layer_names):
+            self.mean[n](torch.stack(means[j]))
+            self.var[n](torch.stack(variances[j]))
+        return torch.stack(probs)
+
+
+def statistics_backbone(backbone: Backbone, layers: Sequence[str],
+                        classes: int | Sequence[int] | None = None,
+                        chunk_size: int = DEFAULT_CHUNK) -> Backbone:
+    """:class:`GradientStatisticsNet` as a dissect :class:`~dissect.backbones.Backbone` with
+    the backbone's preprocessing: unit layer ``L`` = µ of layer ``L``, ``L`` +
+    :data:`VAR_SUFFIX` = V; ``weights_id`` = :func:`statistics_id`. Fill a store with
+    ``dissect.cache.extract_activations`` (or the ``extract`` stage's ``extract_store``) in
+    ``float32`` (float16 flushes small variances to zero)."""
+    from dissect.backbones import Backbone as _Backbone
+
+    clash = [n for n in layers if n + VAR_SUFFIX in backbone.layers]
+    if clash:
+        raise DataError(backbone.name, f"layer(s) {clash}: the backbone also has layers named "
+                                       f"<layer>{VAR_SUFFIX}, the store's names for V")
+    net = GradientStatisticsNet(backbone, layers, classes, chunk_size)
+    units = {n: f"mean.{n}" for n in net.layer_names}
+    units.update({n + VAR_SUFFIX: f"var.{n}" for n in net.layer_names})
+    return _Backbone(f"{backbone.name}_class_gradients", net, [("statistics", net)], units,
+                     statistics_id(backbone, classes, chunk_size), backbone.preprocess)
+
+
+#: The code the cached statistics come from (:func:`statistics_id` hashes its source).
+_STATISTICS_CODE = (_class_indices, _forward_tail_batch, _depends_on, _same_logits,
+                    _check_first_gradient, _Moments, gradient_statistics_layers,
+                    GradientStatisticsNet)
+
+
+class _StatisticsStore:
+    """µ and V of one layer read from a gradient-statistics store, for the images it holds.
+
+    Opened only if it was computed with the same statistics (:func:`statistics_id`) and
+    preprocessing as the model. A stimulus is read from the store only if it *is* a stored
+    image of the dataset ``images``: its id is stored and its pixels equal
+    ``images.load_image(id)`` (a blurred or otherwise altered copy under the same id is
+    computed, not read); and then the image's content fingerprint
+    (:func:`dissect.cache.image_fingerprints`) must equal the store's — a stale store is a
+    ``DataError``, never a silent reuse."""
+
+    def __init__(self, path: Path, expected_id: str, preprocess: Preprocess, layer: str,
+                 images: object | None):
+        from dissect.cache import open_activations, store_metadata
+
+        if images is None or not hasattr(images, "load_image"):
+            raise DataError(path, "reading a gradient-statistics store needs the dataset of its "
+                                  "images (images=…), to check a stimulus against them")
+        meta = store_metadata(path)
+        if meta.get("weights_id") != expected_id:
+            raise DataError(path, f"gradient statistics of other weights, classes or code "
+                                  f"({meta.get('weights_id')} ≠ {expected_id}); recompute it")
+        if meta.get("preprocess") != preprocess.to_dict():
+            raise DataError(path, f"computed with preprocessing {meta.get('preprocess')}, the "
+                                  f"model uses {preprocess.to_dict()}")
+        missing = [n for n in (layer, layer + VAR_SUFFIX) if n not in meta["layers"]]
+        if missing:
+            raise DataError(path, f"no layer(s) {missing}; stored: {meta['layers']}")
+        self.path = path
+        self.images = images
+        self.mean = open_activations(path, layer)
+        self.var = open_activations(path, layer + VAR_SUFFIX)
+        self.stored: dict[str, str] = dict(meta.get("image_sha256") or {})
+
+    def get(self, image: ImageLike) -> tuple[Tensor, Tensor] | None:
+        from dissect.cache import image_fingerprints
+
+        if not isinstance(image, StimulusImage) or image.id not in self.stored:
+            return None
+        if image.image is None or not np.array_equal(
+                image.image, self.images.load_image(image.id)):  # type: ignore[attr-defined]
+            return None  # another stimulus under a stored id (e.g. a blurred copy)
+        now = image_fingerprints(self.images, [image.id])[image.id]  # type: ignore[arg-type]
+        if now != self.stored[image.id]:
+            raise DataError(image.id, f"{self.path}: the stored gradient statistics are of "
+                                      f"another image content (fingerprint {self.stored[image.id]}"
+                                      f" ≠ {now}); recompute the store")
+        mean = np.asarray(self.mean.sel(image=image.id).values, dtype=np.float64)
+        var = np.asarray(self.var.sel(image=image.id).values, dtype=np.float64)
+        return torch.from_numpy(mean), torch.from_numpy(var)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -623,11 +908,7 @@ def _backbone(backbone: str | Backbone, weights: str | None) -> Backbone:
     return backbone
 
 
-# These factories get registered (``@register_model("implicit_saliency")``, ``"feedforward_
-# saliency"``, ``"gradcam"``, ``"guided_backprop"``) when this module joins
-# dissect.models.base.BUILTIN_MODULES; until then they are plain functions.
-
-
+@register_model("implicit_saliency")
 def implicit_saliency_model(
     backbone: str | Backbone = "efficientnet_lite0",
     layer: str | None = None,
@@ -637,15 +918,22 @@ def implicit_saliency_model(
     variance_norm: VarianceNorm = "per_map",
     input_size: tuple[int, int] | None = None,
     name: str | None = None,
+    store: str | Path | None = None,
+    images: object | None = None,
 ) -> ImplicitSaliencyModel:
     """Implicit saliency ``S_C`` (Sun et al. 2020) of a backbone (by name, loaded with
-    ``weights``, or a built ``Backbone``) at ``layer`` (default :func:`default_layer`)."""
+    ``weights``, or a built ``Backbone``) at ``layer`` (default :func:`default_layer`).
+    ``store``: a gradient-statistics cache (:func:`statistics_backbone`) of images of the
+    dataset ``images``; a stimulus that *is* one of them (same id, same pixels) is read from it,
+    any other is computed (see :class:`_StatisticsStore`)."""
     bb = _backbone(backbone, weights)
     return ImplicitSaliencyModel(bb, layer or default_layer(bb), classes=classes,
                                  chunk_size=chunk_size, variance_norm=variance_norm,
-                                 input_size=input_size, name=name)
+                                 input_size=input_size, name=name, store=store,
+                                 images=images)
 
 
+@register_model("feedforward_saliency")
 def feedforward_saliency_model(
     backbone: str | Backbone = "efficientnet_lite0",
     layer: str | None = None,
@@ -659,6 +947,7 @@ def feedforward_saliency_model(
                                     name=name)
 
 
+@register_model("gradcam")
 def gradcam_model(
     backbone: str | Backbone = "efficientnet_lite0",
     layer: str | None = None,
@@ -673,6 +962,7 @@ def gradcam_model(
                         name=name)
 
 
+@register_model("guided_backprop")
 def guided_backprop_model(
     backbone: str | Backbone = "efficientnet_lite0",
     weights: str | None = "imagenet",

@@ -5,7 +5,9 @@ Models (``evaluate.models``, each built through the registry :func:`dissect.mode
 load_model`): ``uniform``; ``centre_bias`` and ``gold_standard`` (fitted by the ``baselines``
 stage on training images); the classical models; ``readouts`` — the He et al. readout of every
 k of ``train.ks`` and every training seed (``readout_k<k>_s<seed>``); ``deepgaze`` — DeepGaze I
-of the ``deepgaze`` stage with the centre-bias prior.
+of the ``deepgaze`` stage with the centre-bias prior; ``mlnet`` — the ``mlnet`` stage's model;
+``implicit_saliency`` and ``gradcam`` — implicit saliency ``S_C`` and Grad-CAM of the pretrained
+trunk (:func:`build_models`).
 
 Map metrics (NSS, CC, SIM, KLD, AUC-Judd, AUC-Borji, sAUC) score each model's raw map with the
 conventions ``evaluate.conventions`` (``dissect`` or ``mit``, docs/metrics.md). Log-likelihood,
@@ -58,11 +60,21 @@ def fit_density(model, dataset, ids: list[str], centre_bias, drop_first: bool):
     return SaliencyDensity(model, centre_bias, sigma, gamma, weight, table)
 
 
-def build_models(params: Params, dataset, centre_bias, gold) -> tuple[dict[str, Any], list]:
-    """label → model of ``evaluate.models`` (map-only models with their fitted density) and
-    the rows of the density-conversion table."""
+def build_models(params: Params, dataset, centre_bias, gold, *,
+                 fit: bool = True) -> tuple[dict[str, Any], list]:
+    """label → model of ``evaluate.models`` (map-only models with their fitted density; with
+    ``fit=False`` the raw map models, no fitting) and the rows of the density-conversion table.
+
+    ``implicit_saliency`` (``S_C`` at the first of ``implicit.layers``, reading the held-out
+    images' statistics from the ``extract-implicit`` stage's cache; the density-fit training
+    images are computed) and ``gradcam`` (at
+    ``implicit.gradcam_layer``) each get their own copy of the trunk: they hook its modules
+    while they run (under their network's lock), and Dask runs models on two threads: a trunk of
+    their own keeps them from blocking, or being blocked by, the readouts on the shared one."""
     from dissect.models.base import load_model
     from dissect.stages.deepgaze import model_path
+    from dissect.stages.implicit import gradient_store, implicit_layers
+    from dissect.stages.implicit import statistics_kwargs as implicit_kwargs
     from dissect.stages.mlnet import model_path as mlnet_path
 
     e = params["evaluate"]
@@ -72,6 +84,9 @@ def build_models(params: Params, dataset, centre_bias, gold) -> tuple[dict[str, 
     conversions = []
 
     def with_density(label: str, model) -> None:
+        if not fit:
+            models[label] = model
+            return
         dm = fit_density(model, dataset, fit_ids, centre_bias, drop)
         t = dm.fit_table
         best = t["log_likelihood"].max()
@@ -119,6 +134,18 @@ def build_models(params: Params, dataset, centre_bias, gold) -> tuple[dict[str, 
             bb = bb or common.backbone(params)
             models[name] = load_model("deepgaze", checkpoint=model_path(params), backbone=bb,
                                       prior=centre_bias, name="deepgaze", device=dev)
+        elif name == "implicit_saliency":
+            own = common.backbone(params)
+            own.model.to(dev)
+            with_density(name, load_model(
+                "implicit_saliency", backbone=own, layer=implicit_layers(params)[0],
+                variance_norm=params["implicit"]["variance_norm"], name=name,
+                store=gradient_store(params), images=dataset, **implicit_kwargs(params)))
+        elif name == "gradcam":
+            own = common.backbone(params)
+            own.model.to(dev)
+            with_density(name, load_model("gradcam", backbone=own, name=name,
+                                          layer=str(params["implicit"]["gradcam_layer"])))
     return models, conversions
 
 

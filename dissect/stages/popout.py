@@ -107,9 +107,32 @@ def mlnet_rows(params: Params, base, arrays) -> pd.DataFrame:
     return score_model("mlnet", "mlnet", arrays, m.saliency_map)
 
 
+def implicit_rows(params: Params, arrays) -> list[pd.DataFrame]:
+    """Implicit saliency ``S_C`` (at the first of ``implicit.layers``) and Grad-CAM (at
+    ``implicit.gradcam_layer``) of the pretrained trunk on the arrays, Table 4's rows for the
+    models read out of a classifier without eye-tracking data. The two share a freshly loaded
+    copy of the trunk (they hook its modules, under its lock; nothing else runs on it). The
+    arrays are not in the ``extract-implicit`` cache: S_C is computed for each (~5 s an array
+    on 2 CPU cores for the 1000 classes)."""
+    from dissect.models.base import load_model
+    from dissect.popout_scoring import score_model
+    from dissect.stages.implicit import implicit_layers, statistics_kwargs
+
+    bb = common.backbone(params)
+    bb.model.to(common.device(params))
+    implicit = load_model("implicit_saliency", backbone=bb, layer=implicit_layers(params)[0],
+                          variance_norm=params["implicit"]["variance_norm"],
+                          **statistics_kwargs(params))
+    gradcam = load_model("gradcam", backbone=bb, layer=str(params["implicit"]["gradcam_layer"]))
+    return [score_model("implicit_saliency", "implicit", arrays, implicit.saliency_map,
+                        progress=common.progress(params)),
+            score_model("gradcam", "gradcam", arrays, gradcam.saliency_map)]
+
+
 def run_popout_readouts(params: Params) -> None:
     """The saliency readouts (setup I, each k of setup II), DeepGaze I
-    (:func:`deepgaze_rows`) and ML-Net (:func:`mlnet_rows`) next to the classical models
+    (:func:`deepgaze_rows`), ML-Net (:func:`mlnet_rows`), implicit saliency and Grad-CAM
+    (:func:`implicit_rows`) next to the classical models
     (Table 4), and the last trunk layer's units vs k (Table 6): the readouts of the first
     training seed (``train.seeds[0]``; the seed issue asks for Tables 3, 7, Fig. 4 and §6 over
     seeds, and these tables name the seed they use in provenance)."""
@@ -142,6 +165,7 @@ def run_popout_readouts(params: Params) -> None:
                 inner_k.append(df)
         scored += deepgaze_rows(params, base, arrays)
         scored.append(mlnet_rows(params, base, arrays))
+        scored += implicit_rows(params, arrays)
         per_array = pd.concat(scored, ignore_index=True)
         inner_all = pd.concat(inner_k, ignore_index=True)
         with common.replacing(common.results(params, "tables", "popout_readouts")) as out:

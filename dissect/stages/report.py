@@ -100,7 +100,8 @@ def sections(top_k: int) -> list[Section]:
             more_tables=["popout_readouts/table*.md"],
         ),
         Section(
-            "Model scorecard: baselines, classical models, readouts, DeepGaze I, ML-Net",
+            "Model scorecard: baselines, classical models, readouts, DeepGaze I, ML-Net, "
+            "implicit saliency, Grad-CAM",
             ["evaluate/leaderboard.md"],
             ["evaluate/leaderboard.png"],
             links=[("Tidy scorecard (every model × metric, value and image-bootstrap interval)",
@@ -126,6 +127,17 @@ def sections(top_k: int) -> list[Section]:
             more_tables=["mlnet/encoding_vs_trunk_*.md"],
             links=[("Tidy statistics of the 64 encoding units", "mlnet/encoding_statistics.csv")],
             text="mlnet",
+        ),
+        Section(
+            "Implicit saliency, Grad-CAM, Guided Backprop (Sun et al. 2020, Tables 1–2, Fig. 4)",
+            ["implicit/table1_layers.md", "implicit/fig4_gain.md",
+             "robustness/table2_blur.md", f"implicit/gradient_vs_activation_{tk}_mean.md",
+             "implicit/gradient_vs_activation_count_above_T.md"],
+            ["implicit/fig4_gain.png"],
+            links=[("Tidy statistics of the gradient units (µ maps)",
+                    "implicit/gradient_statistics.csv"),
+                   ("Table 1 with its image-bootstrap intervals", "implicit/table1_layers.csv")],
+            text="implicit",
         ),
         Section(
             "Task vs data: pt / sp / sr (Tables 7–8 analogues)",
@@ -422,6 +434,21 @@ def _section_text(key: str | None, records: Mapping[str, dict],
                 "encoding units (the 3×3 convolution's ReLU) are dissected on the held-out "
                 "images like the trunk's layers (Eq. 1, the same statistics and null); its "
                 "output is scored in the scorecard above and in Table 4.", ""]
+    if key == "implicit":
+        layers = _param(records, "implicit", "implicit.layers")
+        if layers is None:
+            return []
+        classes = _param(records, "implicit", "implicit.classes")
+        norm = _param(records, "implicit", "implicit.variance_norm")
+        n = "every output class" if classes is None else f"the first {classes} classes"
+        return [f"Implicit saliency S_C (the class-conflict gradients of the pretrained "
+                f"classifier, {n}, V normalised {norm}) against its feed-forward counterpart "
+                f"S_F, Grad-CAM and Guided Backprop at the layers {', '.join(layers)}; no "
+                "eye-tracking data is used by any of them. The first layer's S_C and Grad-CAM "
+                "(at the last convolutional layer) are in the scorecard and Table 4. Table 2: "
+                "every image-based scorecard model on Gaussian-blurred held-out images. The "
+                "gradient units (µ, the mean |gradient| over classes, per unit) are dissected "
+                "with Eq. 1 like the activation units of the same layers.", ""]
     if key == "inner_output":
         from dissect.inner_output import SPEARMAN_NOTE
 
@@ -461,6 +488,9 @@ def scorecard_lines(path: Path) -> list[str]:
     parts = [f"DeepGaze I {cell('deepgaze', 'ig_explained')}"]
     if "mlnet" in names:
         parts.append(f"ML-Net {cell('mlnet', 'ig_explained')}")
+    for model, label in (("implicit_saliency", "implicit saliency"), ("gradcam", "Grad-CAM")):
+        if model in names:
+            parts.append(f"{label} {cell(model, 'ig_explained')}")
     if readout:
         parts.append(f"the best readout ({readout}) {cell(readout, 'ig_explained')}")
     if classical:
