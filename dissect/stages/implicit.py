@@ -76,7 +76,9 @@ def run_extract_implicit(params: Params) -> Path:
     from dissect.models.implicit import statistics_backbone
     from dissect.stages.extract import extract_store
 
-    recorded = {"implicit": params["implicit"], "backbone": params["backbone"],
+    im = params["implicit"]
+    recorded = {**{f"implicit.{k}": im[k] for k in ("layers", "classes", "chunk_size")},
+                "backbone": params["backbone"],
                 "extract.batch_size": params["extract"]["batch_size"],
                 "device": params.get("device", "auto")}
     with stage_record(params.work, "extract-implicit", recorded) as rec:
@@ -137,8 +139,7 @@ def run_implicit(params: Params) -> pd.DataFrame:
     boot = dict(n_boot=int(s["n_boot"]), seed=int(s["seed"]), level=float(s["ci_level"]),
                 method=str(s["ci_method"]))
     recorded = {"implicit": im, "stats": s, "gt": params["gt"], "data.drop_first": drop,
-                "evaluate.conventions": conventions, "extract.batch_size":
-                params["extract"]["batch_size"], "device": params.get("device", "auto")}
+                "evaluate.conventions": conventions, "device": params.get("device", "auto")}
     with stage_record(params.work, "implicit", recorded) as rec:
         dataset, regions = common.inputs(params)
         heldout = common.ids_of(params, "heldout")

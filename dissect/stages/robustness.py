@@ -82,9 +82,8 @@ def run_robustness(params: Params) -> pd.DataFrame:
     im, e, s = params["implicit"], params["evaluate"], params["stats"]
     drop_first = bool(params["data"]["drop_first"])
     gt_sigma = float(params["gt"]["sigma_deg"]) * float(params["gt"]["px_per_degree"])
-    recorded = {"implicit.blur_radius": im["blur_radius"],
-                "implicit.blur_reference_width": im["blur_reference_width"],
-                "evaluate": e, "implicit": im, "stats": s, "gt": params["gt"],
+    recorded = {"evaluate": e, "implicit": im, "gt": params["gt"],
+                **{f"stats.{k}": s[k] for k in ("n_boot", "seed", "ci_level", "ci_method")},
                 "device": params.get("device", "auto")}
     with stage_record(params.work, "robustness", recorded) as rec:
         dataset, _ = common.inputs(params)
