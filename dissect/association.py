@@ -115,12 +115,16 @@ def associate(
     drop_first: bool = True,
     chunk_images: int = 16,
     scheduler=None,
+    progress: bool = False,
+    desc: str = "associate",
 ) -> dict[str, xr.DataArray]:
     """Eq. 1 for every unit of each layer of an activation store and every region.
 
     Returns ``{layer: DataArray "nss" (unit, region)}`` with region coords ``image``,
     ``region_id``, ``category``. One Dask task per ``chunk_images`` images; ``scheduler`` is any
     value accepted by ``dask.compute(scheduler=...)`` or a ``distributed.Client``.
+    ``progress``: a tqdm bar (Dask tasks done / total, named ``desc``) on stderr with a local
+    scheduler.
     """
     from dissect.cache import open_activations, store_metadata
 
@@ -144,7 +148,10 @@ def associate(
     kwargs = {}
     if scheduler is not None and not hasattr(scheduler, "submit"):
         kwargs["scheduler"] = scheduler
-    results = dask.compute(*tasks, **kwargs)
+    from tqdm.dask import TqdmCallback
+
+    with TqdmCallback(desc=desc, unit="task", disable=not progress):
+        results = dask.compute(*tasks, **kwargs)
     rows = [r for _, chunk_rows in results for r in chunk_rows]
     if not rows:
         raise DataError(store, "no annotated regions for any of the requested images")

@@ -44,7 +44,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "robustness": ("robustness", "every model on Gaussian-blurred held-out images: the drop"),
     "scene": ("scene", "scene-recognition fine-tuning and pt/sp/sr comparison: Tables 7-8"),
     "figures": ("figures", "all figures from the committed tables and caches"),
-    "report": ("report", "results/report.md (+ HTML) with provenance"),
+    "report": ("report", "results/report.md with provenance"),
+    "site": ("site", "the unit browser (results/site) and results/report.html"),
 }
 
 
@@ -121,15 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     module_name, _ = STAGES[args.stage]
     module = importlib.import_module(f"dissect.stages.{module_name}")
     run = getattr(module, "run_" + args.stage.replace("-", "_"))
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from dissect.provenance import closing_line
+
     t0 = time.perf_counter()
     try:
         params = load_params(args.params, overrides)
         logging.getLogger("dissect").info("parameters: %s", params.base / params.file)
-        run(params)
+        with logging_redirect_tqdm():  # log lines above the progress bars, not through them
+            result = run(params)
     except DissectError as exc:
         print(f"dissect {args.stage}: error: {exc}", file=sys.stderr)
         return 2
-    print(f"dissect {args.stage}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(closing_line(args.stage, params, result, time.perf_counter() - t0), file=sys.stderr)
     return 0
 
 

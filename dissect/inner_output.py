@@ -104,6 +104,7 @@ def region_output_table(
     drop_first: bool,
     gt: Mapping[str, float],
     progress: bool = False,
+    desc: str = "predict",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-region and per-image outputs of each readout (the inputs of He et al. Eqs. 2–3).
 
@@ -136,7 +137,7 @@ def region_output_table(
     perf: list[dict[str, Any]] = []
     for model in models.values():
         model.eval()
-    for image_id in tqdm(ids, desc="predict", disable=not progress):
+    for image_id in tqdm(ids, desc=desc, unit="image", disable=not progress):
         stim = dataset[image_id]
         size = (stim.height, stim.width)
         points, point_regions = region_fixations(dataset, regions, image_id,

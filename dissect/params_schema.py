@@ -335,6 +335,16 @@ class EvaluateParams(_Section):
     seed: Seed
 
 
+class SiteParams(_Section):
+    top_k: Count  # units per category and layer that get a unit page
+    n_images: Count  # top held-out images on a unit page
+    min_regions: Count  # defined regions a category needs to be a unit's best category
+    thumb_width: Annotated[StrictInt, Field(ge=32, le=1024)]  # pixels
+    unit_page_seeds: list[Seed]  # fine-tuned readouts: training seeds whose units get pages
+    units: list[Text]  # extra unit pages, "model/layer/unit" (e.g. pt/block12/288)
+    example_images: Annotated[StrictInt, Field(ge=0)]  # model pages: the first n held-out images
+
+
 class ParamsSchema(_Section):
     """A whole ``params.yaml``. Every key is required except ``progress`` (the CLI's ``-q``)."""
 
@@ -359,6 +369,7 @@ class ParamsSchema(_Section):
     mlnet: MLNetParams
     implicit: ImplicitParams
     evaluate: EvaluateParams
+    site: SiteParams
 
 
 def leaf_keys(model: type[BaseModel] = ParamsSchema, prefix: str = "") -> list[str]:

@@ -91,7 +91,7 @@ def score_model(
     from tqdm.auto import tqdm
 
     rows = [nmm_row(model, kind, a, saliency(a.image))
-            for a in tqdm(list(arrays), desc=model, disable=not progress)]
+            for a in tqdm(list(arrays), desc=model, unit="array", disable=not progress)]
     return pd.DataFrame(rows, columns=list(NMM_COLUMNS))
 
 
@@ -116,7 +116,8 @@ def model_tables(per_array: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def inner_unit_nmm(
-    backbone: Any, layers: Sequence[str], arrays: Iterable[Any], k: int, model: str
+    backbone: Any, layers: Sequence[str], arrays: Iterable[Any], k: int, model: str, *,
+    progress: bool = False,
 ) -> tuple[pd.DataFrame, dict[tuple[str, str, str], int]]:
     """Inner units on pop-out arrays (Tables 5–6 rows): for each array and layer, the NMM
     (Eq. 4) of every unit's map upsampled exactly to the array's size
@@ -126,8 +127,9 @@ def inner_unit_nmm(
 
     Returns the table (``model, layer, array, dimension, top_nmm, best_unit, best_nmm,
     n_units, n_constant``; ``best_unit = -1`` when every map is constant) and
-    ``{(model, layer, array id): best unit}``."""
+    ``{(model, layer, array id): best unit}``. ``progress``: a tqdm bar (arrays) on stderr."""
     import torch
+    from tqdm.auto import tqdm
 
     from dissect.capture import LayerCapture
     from dissect.metrics import unit_nmm
@@ -135,8 +137,9 @@ def inner_unit_nmm(
 
     rows, best = [], {}
     layers = list(layers)
+    arrays = list(arrays)
     with LayerCapture(backbone, layers) as cap:
-        for a in arrays:
+        for a in tqdm(arrays, desc=f"{model} units", unit="array", disable=not progress):
             with torch.no_grad():
                 acts = cap.attribute(backbone.preprocess(a.image))
             for layer in layers:

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from dissect.errors import DataError
 
@@ -321,6 +322,7 @@ def prefix_features(
     cache_dir: str | Path | None = None,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> torch.Tensor:
     """Outputs of the frozen prefix for ``ids`` as one float32 tensor ``(N, C, h, w)`` (CPU).
 
@@ -332,19 +334,26 @@ def prefix_features(
     it is keyed by backbone, weights id, boundary stage and preprocessing, checked on opening,
     resumable, and shared with a saliency run that tunes the same stages. Without ``cache_dir``
     the prefix runs in memory. ``dataset[id]`` must give a stimulus with ``.file`` (the cache
-    fingerprints image files).
+    fingerprints image files). ``progress``: a tqdm bar (images) on stderr.
     """
     ids = [str(i) for i in ids]
     if not ids:
         return torch.zeros(0)
     t0 = time.perf_counter()
+    bar = tqdm(desc="scene: frozen prefix", unit="image", leave=False, disable=not progress)
+
+    def moved(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
     if cache_dir is not None:
         from dissect.models.readout import SaliencyReadout, build_prefix_cache
 
         proxy = SaliencyReadout(
             model.backbone, len(model.tune_stage_names), channels=model.in_channels
         ).to(device)
-        cache, n_new = build_prefix_cache(proxy, dataset, ids, cache_dir, batch_size=batch_size)
+        cache, n_new = build_prefix_cache(proxy, dataset, ids, cache_dir, batch_size=batch_size,
+                                          progress=moved)
         out = torch.from_numpy(np.stack([cache.read(i) for i in ids]))
         del proxy
     else:
@@ -360,7 +369,9 @@ def prefix_features(
             )
             with torch.no_grad():
                 chunks.append(model.prefix(x.to(device, torch.float32)).float().cpu())
+            moved(min(start + batch_size, len(ids)), len(ids))
         out = torch.cat(chunks)
+    bar.close()
     if n_new:
         log.info(
             "frozen prefix (%d stages) computed for %d images in %.1f s",
@@ -448,6 +459,7 @@ def train_scene_model(
     freeze_bn: bool = True,
     monitor: str = "accuracy",
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> SceneTrainResult:
     """Fine-tune the last stage(s) of ``backbone`` + the FC head for scene recognition.
 
@@ -462,7 +474,9 @@ def train_scene_model(
     ``labels`` is a :class:`~dissect.data.scenes.SceneLabels`; every id must have a kept label
     (use ``labels.restrict(ids)`` first). The history (one row per epoch: epoch, train_loss,
     train_accuracy, val_loss, val_accuracy, val_balanced_accuracy, seconds) is written as CSV
-    to ``log_path`` after every epoch.
+    to ``log_path`` after every epoch. ``progress``: tqdm bars on stderr (the frozen prefix's
+    images, then epochs done / ``epochs`` with ETA and the last losses); nothing computed
+    changes.
     """
     if monitor not in ("accuracy", "balanced_accuracy", "loss"):
         raise ValueError(f"monitor must be accuracy, balanced_accuracy or loss, got {monitor!r}")
@@ -492,9 +506,11 @@ def train_scene_model(
         seed=seed,
     )
     t0 = time.perf_counter()
-    feats = prefix_features(model, dataset, train_ids + val_ids, cache_dir=cache_dir, device=dev)
+    feats = prefix_features(model, dataset, train_ids + val_ids, cache_dir=cache_dir, device=dev,
+                            progress=progress)
     f_train, f_val = feats[: len(train_ids)], feats[len(train_ids) :]
-    log.info("prefix features ready in %.1f s: %s", time.perf_counter() - t0, tuple(f_train.shape))
+    log.info("prefix features ready in %.1f s: %d training images of %s", time.perf_counter() - t0,
+             len(f_train), "x".join(str(d) for d in f_train.shape[1:]))
 
     model.to(dev)
     criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
@@ -516,6 +532,7 @@ def train_scene_model(
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch = -1
     stale = 0
+    bar = tqdm(total=epochs, desc="train scene model", unit="epoch", disable=not progress)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         for epoch in range(epochs):
@@ -544,7 +561,14 @@ def train_scene_model(
                 "seconds": time.perf_counter() - te,
             }
             rows.append(row)
-            log.info("scene epoch %s", row)
+            log.info("scene epoch %d: train loss %.4f, accuracy %.3f; validation loss %.4f, "
+                     "accuracy %.3f, balanced accuracy %.3f (%.1f s)", row["epoch"],
+                     row["train_loss"], row["train_accuracy"], row["val_loss"],
+                     row["val_accuracy"], row["val_balanced_accuracy"], row["seconds"])
+            bar.set_postfix_str(f"train loss {row['train_loss']:.4f}, val loss "
+                                f"{row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.3f}",
+                                refresh=False)
+            bar.update()
             if log_path is not None:
                 Path(log_path).parent.mkdir(parents=True, exist_ok=True)
                 pd.DataFrame(rows).to_csv(log_path, index=False)
@@ -562,6 +586,7 @@ def train_scene_model(
                 if stale >= patience:
                     log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
                     break
+    bar.close()
     if best_state is not None:
         model.tuned.load_state_dict(best_state["tuned"])
         model.head.load_state_dict(best_state["head"])
@@ -588,6 +613,7 @@ def evaluate_scene_model(
     cache_dir: str | Path | None = None,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> tuple[float, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Scene accuracy of ``model`` on ``ids`` (use held-out images).
 
@@ -608,7 +634,8 @@ def evaluate_scene_model(
             f"label classes {list(labels.classes)} differ from the model's {classes}",
         )
     y = labels.indices(ids)
-    feats = prefix_features(model, dataset, ids, cache_dir=cache_dir, device=device)
+    feats = prefix_features(model, dataset, ids, cache_dir=cache_dir, device=device,
+                            progress=progress)
     model.to(device)
     logits = _evaluate_logits(model, feats, batch_size, torch.device(device))
     model.cpu()

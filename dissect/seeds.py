@@ -63,7 +63,8 @@ def _checked(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
     dup = table.duplicated(["seed", *KEYS])
     if dup.any():
         row = table.loc[dup, ["seed", *KEYS]].iloc[0].to_dict()
-        raise DataError("seed statistics", f"duplicate rows, e.g. {row}")
+        raise DataError("seed statistics", "duplicate rows, e.g. "
+                        + ", ".join(f"{k}={v}" for k, v in row.items()))
     out = table.copy()
     out["excess"] = out["value"] - out["null_mean"]
     return out
@@ -180,7 +181,8 @@ def spread(table: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFr
     _need(table, ["seed", *keys, *values], "seed spread")
     if table.duplicated(["seed", *keys]).any():
         row = table.loc[table.duplicated(["seed", *keys]), ["seed", *keys]].iloc[0].to_dict()
-        raise DataError("seed spread", f"duplicate rows, e.g. {row}")
+        raise DataError("seed spread", "duplicate rows, e.g. "
+                        + ", ".join(f"{k}={v}" for k, v in row.items()))
     rows = []
     for key, g in table.groupby(keys, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)

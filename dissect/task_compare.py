@@ -135,6 +135,7 @@ def per_image_mean_nss(
     drop_first: bool = True,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Mean-map NSS of each image under each trunk: DataFrame ``image, model, nss[, correct]``.
 
@@ -144,8 +145,10 @@ def per_image_mean_nss(
     observer's first fixation (OSIE's central start, as in the association analysis).
     ``correct``: per-image scene correctness (mapping id → bool, or the predictions DataFrame of
     :func:`dissect.scene.evaluate_scene_model`), copied into a ``correct`` column; every id must
-    be in it.
+    be in it. ``progress``: a tqdm bar (images × trunks) on stderr.
     """
+    from tqdm.auto import tqdm
+
     ids = [str(i) for i in ids]
     lookup = _correct_lookup(correct) if correct is not None else None
     if lookup is not None:
@@ -155,7 +158,10 @@ def per_image_mean_nss(
                 "predictions", f"no scene prediction for {len(missing)} image(s): {missing[:8]}"
             )
     rows = []
+    bar = tqdm(total=len(trunks) * len(ids), desc="mean-map NSS", unit="image",
+               disable=not progress)
     for name, bb in trunks.items():
+        bar.set_postfix_str(name, refresh=False)
         trunk = torch.nn.Sequential(*[m for _, m in bb.stages]).to(device).eval()
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
@@ -168,7 +174,9 @@ def per_image_mean_nss(
                 rows.append(
                     {"image": i, "model": name, "nss": mean_map_nss(m[None], img.shape[:2], pts)}
                 )
+            bar.update(len(chunk))
         trunk.cpu()
+    bar.close()
     out = pd.DataFrame(rows, columns=["image", "model", "nss"])
     if lookup is not None:
         out["correct"] = [lookup[i] for i in out["image"]]

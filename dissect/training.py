@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from dissect.errors import DataError
 from dissect.metrics.conventions import pixel_indices_torch
@@ -178,6 +179,16 @@ def evaluate_nss(
     return total / len(ids)
 
 
+def _bar_callback(bar: Any) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that moves a tqdm bar."""
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return update
+
+
 def _optimizer(
     model: SaliencyReadout, name: str, lr: float, trunk_lr: float | None, weight_decay: float
 ) -> torch.optim.Optimizer:
@@ -269,6 +280,8 @@ def train_readout(
     deterministic: bool = True,
     channels_last: bool = True,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    progress_bar: bool = False,
+    desc: str | None = None,
 ) -> TrainResult:
     """Train a :class:`SaliencyReadout` on ``backbone`` with setup ``k`` (0 = setup I; 1…n or
     ``"all"`` = setup II, the top-k stages fine-tuned) and return the best-validation model.
@@ -294,6 +307,11 @@ def train_readout(
     thread count give bitwise-identical weights and histories. ``channels_last`` (default on)
     runs the tuned stages in channels-last memory format (1.6x faster on CPU, see the module
     docstring); the saved weights are the same tensors either way.
+
+    ``progress`` is called with each epoch's history row; ``progress_bar`` shows a tqdm bar on
+    stderr (epochs done / ``epochs``, ETA, the last train loss and validation NSS; the frozen
+    prefix cache's images first) named ``desc`` (default ``"train k<k> seed <seed>"``). Neither
+    changes what is computed.
     """
     train_ids = [str(i) for i in train_ids]
     val_ids = [str(i) for i in val_ids]
@@ -332,14 +350,17 @@ def train_readout(
         start = model.first_tuned()
         targets = _Targets(dataset, train_ids + val_ids, drop_first)
 
+        desc = desc or f"train k{k} seed {seed}"
         cache = None
         cache_seconds = 0.0
         if cache_dir is not None:
             t0 = time.perf_counter()
-            cache, _ = build_prefix_cache(
-                model, dataset, train_ids + val_ids, cache_dir, start=start,
-                batch_size=max(batch_size, 8),
-            )
+            with tqdm(desc=f"{desc}: prefix cache", unit="image", leave=False,
+                      disable=not progress_bar) as cache_bar:
+                cache, _ = build_prefix_cache(
+                    model, dataset, train_ids + val_ids, cache_dir, start=start,
+                    batch_size=max(batch_size, 8), progress=_bar_callback(cache_bar),
+                )
             cache_seconds = time.perf_counter() - t0
         feats = _Features(model, dataset, start, cache, train_ids + val_ids, max_cache_memory,
                           layout)
@@ -354,6 +375,7 @@ def train_readout(
         best = (-math.inf, 0)
         best_state = model.tuned_state_dict()
         since_best = 0
+        bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress_bar)
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             cur_lr = opt.param_groups[0]["lr"]
@@ -384,6 +406,9 @@ def train_readout(
                 _write_csv_atomic(history, log_path)
             if progress is not None:
                 progress(rows[-1])
+            postfix = f"train loss {train_loss:.4f}, val NSS {val_nss:.4f}"
+            bar.set_postfix_str(postfix, refresh=False)
+            bar.update()
 
             improved = (not val_ids) or val_nss > best[0] + min_delta
             if improved:
@@ -400,6 +425,9 @@ def train_readout(
                 since_best += 1
             if patience is not None and val_ids and since_best >= patience:
                 break
+        if len(rows) < epochs:  # early stop: said on the bar, which ends short of its total
+            bar.set_postfix_str(f"{postfix}, early stop (best epoch {best[1]})", refresh=False)
+        bar.close()
 
         model.load_tuned_state_dict(best_state)
         # back to the default layout: the returned model computes exactly what a model loaded

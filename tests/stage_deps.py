@@ -211,8 +211,23 @@ def stage_closure(stage: str, tree: SourceTree | None = None) -> set[str]:
     return closure(["dissect.cli", f"dissect.stages.{stage_modules()[stage]}"], tree)
 
 
+def package_data(path: Path) -> list[str]:
+    """Folders (beside the module) a module declares it reads: the string constants of a
+    top-level ``PACKAGE_DATA = (...)`` (templates and other non-Python files a stage's output
+    depends on, e.g. ``dissect.site``'s ``site_templates``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if isinstance(target, ast.Name) and target.id == "PACKAGE_DATA" and node.value:
+            return [c.value for c in ast.walk(node.value)
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+    return []
+
+
 def module_files(modules: Iterable[str], tree: SourceTree | None = None) -> set[PurePosixPath]:
-    """Repository-relative source files of ``modules``."""
+    """Repository-relative source files of ``modules``, and the package-data folders they
+    declare (:func:`package_data`)."""
     tree = tree or SourceTree()
     out = set()
     for m in modules:
@@ -220,6 +235,8 @@ def module_files(modules: Iterable[str], tree: SourceTree | None = None) -> set[
         if f is None:
             raise FileNotFoundError(f"no source for {m}")
         out.add(PurePosixPath(f.as_posix()))
+        full = f if f.is_absolute() else tree.root / f
+        out.update(PurePosixPath(f.parent.as_posix()) / d for d in package_data(full))
     return out
 
 

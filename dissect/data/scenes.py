@@ -242,7 +242,8 @@ def load_scenes(
     if kept.empty:
         raise DataError(
             path,
-            f"no scene category has at least min_images={min_images} images ({counts.to_dict()})",
+            f"no scene category has at least min_images={min_images} images ("
+            + ", ".join(f"{s}: {n}" for s, n in counts.items()) + ")",
         )
     classes = sorted(kept["scene"].unique().tolist())
     if len(classes) < 2:

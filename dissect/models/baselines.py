@@ -145,15 +145,24 @@ def _select(
     objective: Any,
     bandwidths: NDArray[np.float64],
     refine: bool,
+    progress: bool = False,
+    desc: str = "bandwidths",
 ) -> tuple[float, float, float, list[tuple[float, float, float]]]:
     """Grid search of ``objective(h) -> (w, ll)`` over ``bandwidths``, then (``refine``) a
     bounded search in log h between the best grid value's neighbours. Returns
-    ``(h, w, ll, table)``."""
+    ``(h, w, ll, table)``. ``progress``: a tqdm bar (bandwidths tried / the grid's size, each
+    refinement step adding one) named ``desc`` on stderr."""
+    from tqdm.auto import tqdm
+
     table: list[tuple[float, float, float]] = []
+    bar = tqdm(total=len(bandwidths), desc=desc, unit="bandwidth", disable=not progress)
 
     def run(h: float) -> float:
         w, val = objective(h)
         table.append((h, w, val))
+        if len(table) > len(bandwidths):  # a refinement step: the total grows with it
+            bar.total = len(table)
+        bar.update()
         return val
 
     vals = [run(float(h)) for h in bandwidths]
@@ -161,8 +170,10 @@ def _select(
     if refine and len(bandwidths) > 1:
         lo = np.log(bandwidths[max(k - 1, 0)])
         hi = np.log(bandwidths[min(k + 1, len(bandwidths) - 1)])
+        bar.set_postfix_str("refining", refresh=False)
         minimize_scalar(lambda t: -run(float(np.exp(t))), bounds=(lo, hi), method="bounded",
                         options={"xatol": 1e-3})
+    bar.close()
     h, w, val = max(table, key=lambda r: r[2])
     return h, w, val, table
 
@@ -275,12 +286,14 @@ class CentreBiasModel(ProbabilisticModel):
         bandwidths: Sequence[float] | None = None,
         mixing_weights: Sequence[float] | None = None,
         refine: bool = True,
+        progress: bool = False,
     ) -> CentreBiasModel:
         """Fit ``h`` and ``w`` by leave-one-image-out log-likelihood on ``train_ids``.
 
         ``bandwidths``: candidate ``h`` (unit-square units; default 25 log-spaced values
         0.004…0.4), refined between neighbours when ``refine``; ``mixing_weights``: candidate
         ``w`` (default: the exact optimum for each ``h``). Needs ≥ 2 training images.
+        ``progress``: a tqdm bar over the bandwidths tried.
         """
         ids = _ids(dataset, train_ids, "centre_bias")
         if len(ids) < 2:
@@ -300,7 +313,7 @@ class CentreBiasModel(ProbabilisticModel):
             w, val = _best_weight(q, 1.0, mixing_weights)
             return w, val / np.log(2.0)
 
-        h, w, val, table = _select(objective, hs, refine)
+        h, w, val, table = _select(objective, hs, refine, progress, "centre bias bandwidths")
         model = cls(hist, h, w)
         model.cv_ = pd.DataFrame(table, columns=["bandwidth", "mixing_weight", "loo_bits"])
         model.loo_log_likelihood_ = val
@@ -388,10 +401,12 @@ class GoldStandardModel(ProbabilisticModel):
         bandwidths: Sequence[float] | None = None,
         mixing_weights: Sequence[float] | None = None,
         refine: bool = True,
+        progress: bool = False,
     ) -> GoldStandardModel:
         """Choose ``bandwidth`` (pixels) and ``mixing_weight`` by leave-one-subject-out
         log-likelihood over the fixations of ``train_ids`` (default bandwidths: 25 log-spaced
-        values 2…200 px; weights exact per bandwidth unless a grid is given). Returns self."""
+        values 2…200 px; weights exact per bandwidth unless a grid is given). Returns self.
+        ``progress``: a tqdm bar over the bandwidths tried."""
         ids = _ids(self.dataset, train_ids, "gold_standard")
         hs = np.asarray(
             np.geomspace(2.0, 200.0, 25) if bandwidths is None else bandwidths, dtype=np.float64
@@ -408,7 +423,7 @@ class GoldStandardModel(ProbabilisticModel):
             # bits per fixation over the pixel-uniform density
             return w, (val + float(np.mean(log_hw))) / np.log(2.0)
 
-        h, w, val, table = _select(objective, hs, refine)
+        h, w, val, table = _select(objective, hs, refine, progress, "gold standard bandwidths")
         self.bandwidth, self.mixing_weight = h, w
         self.cv_ = pd.DataFrame(table, columns=["bandwidth", "mixing_weight", "loso_bits"])
         self.loo_log_likelihood_ = val

@@ -627,6 +627,8 @@ def train_deepgaze(
     heldout_ids: Sequence[str] | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[dict[str, Any]], None] | None = None,
+    progress_bar: bool = False,
+    desc: str = "train DeepGaze I",
 ) -> DeepGazeResult:
     """Fit a :class:`DeepGazeI` readout on precomputed features (DeepGaze I §3).
 
@@ -644,7 +646,12 @@ def train_deepgaze(
     larger than ``min_delta``; restore the best epoch (the last one without validation images).
     ``history`` columns: ``epoch, train_loss, train_ll, val_ll, sigma, centre_weight, l1_norm,
     lr, seconds``. Deterministic for a ``seed`` and thread count (module docstring).
+    ``progress`` is called with each epoch's history row; ``progress_bar`` shows a tqdm bar
+    (epochs done / ``epochs``, ETA, the last training and validation log-likelihoods) named
+    ``desc`` on stderr. Neither changes what is computed.
     """
+    from tqdm.auto import tqdm
+
     from dissect.training import deterministic  # lazy: keeps models/ free of import cycles
 
     train_ids = [str(i) for i in train_ids]
@@ -717,6 +724,7 @@ def train_deepgaze(
         best_ll, best_epoch = -math.inf, 0
         best_state = copy.deepcopy(model.state_dict())
         since_best = 0
+        bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress_bar)
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             cur_lr = opt.param_groups[0]["lr"]
@@ -753,6 +761,9 @@ def train_deepgaze(
             })
             if progress is not None:
                 progress(rows[-1])
+            bar.set_postfix_str(f"train LL {rows[-1]['train_ll']:.4f}, val LL {val_ll:.4f} "
+                                "nats/fix", refresh=False)
+            bar.update()
             if not val_ids or val_ll > best_ll + min_delta:
                 best_ll, best_epoch = (val_ll if val_ids else math.nan), epoch
                 best_state = copy.deepcopy(model.state_dict())
@@ -761,6 +772,7 @@ def train_deepgaze(
                 since_best += 1
             if patience is not None and val_ids and since_best >= patience:
                 break
+        bar.close()
         model.load_state_dict(best_state)
         model.eval()
     return DeepGazeResult(

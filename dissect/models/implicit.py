@@ -832,8 +832,11 @@ class _StatisticsStore:
             raise DataError(path, f"gradient statistics of other weights, classes or code "
                                   f"({meta.get('weights_id')} ≠ {expected_id}); recompute it")
         if meta.get("preprocess") != preprocess.to_dict():
-            raise DataError(path, f"computed with preprocessing {meta.get('preprocess')}, the "
-                                  f"model uses {preprocess.to_dict()}")
+            def text(d) -> str:
+                return ", ".join(f"{k}={v}" for k, v in (d or {}).items()) or "none recorded"
+
+            raise DataError(path, f"computed with preprocessing ({text(meta.get('preprocess'))})"
+                                  f", the model uses ({text(preprocess.to_dict())})")
         missing = [n for n in (layer, layer + VAR_SUFFIX) if n not in meta["layers"]]
         if missing:
             raise DataError(path, f"no layer(s) {missing}; stored: {meta['layers']}")

@@ -612,7 +612,7 @@ def train_mlnet(net: MLNet, images: Sequence[np.ndarray], targets: Sequence[np.n
                 epochs: int = 20, batch_size: int = 10, patience: int = 5,
                 optimizer: str = "sgd", lr: float = 1e-3, momentum: float = 0.9,
                 decay: float = 5e-4, frozen: bool = True, seed: int = 0,
-                log: Any = None) -> tuple[MLNet, list[dict[str, Any]]]:
+                log: Any = None, progress: bool = False) -> tuple[MLNet, list[dict[str, Any]]]:
     """Train ``net`` (in place) the reference's way (``main.py``): :func:`mlnet_loss` (with the
     prior's regulariser), :func:`mlnet_optimizer` stepped once per batch, the training images in
     a new random order every epoch, the validation loss (eval mode: no dropout; regulariser
@@ -630,7 +630,11 @@ def train_mlnet(net: MLNet, images: Sequence[np.ndarray], targets: Sequence[np.n
 
     Returns ``(net in eval mode, history)``: one dict per epoch (``epoch``, ``train_loss``
     (the mean of the batch losses before each update), ``val_loss``, ``lr`` at the epoch's
-    end, ``seconds``, ``best``)."""
+    end, ``seconds``, ``best``). ``progress``: tqdm bars on stderr (the frozen trunk's maps per
+    image, then epochs done / ``epochs`` with ETA and the last losses); nothing computed
+    changes."""
+    from tqdm.auto import tqdm
+
     n, n_val = len(images), len(val_images)
     if n != len(targets) or n_val != len(val_targets):
         raise DataError("ML-Net training", f"{n} images with {len(targets)} targets, {n_val} "
@@ -658,8 +662,14 @@ def train_mlnet(net: MLNet, images: Sequence[np.ndarray], targets: Sequence[np.n
     if frozen:  # the trunk never changes: its three maps once per image
         with torch.no_grad():
             net.eval()
-            cached = [[m.cpu() for m in net.sources(inputs([im]))] for im in images]
-            val_cached = [[m.cpu() for m in net.sources(inputs([im]))] for im in val_images]
+            maps = tqdm(total=n + n_val, desc="ML-Net trunk maps", unit="image", leave=False,
+                        disable=not progress)
+            cached, val_cached = [], []
+            for store, imgs in ((cached, images), (val_cached, val_images)):
+                for im in imgs:
+                    store.append([m.cpu() for m in net.sources(inputs([im]))])
+                    maps.update()
+            maps.close()
     y = torch.as_tensor(np.stack([np.asarray(t) for t in targets])).to(torch.float32)
     y_val = torch.as_tensor(np.stack([np.asarray(t) for t in val_targets])).to(torch.float32)
 
@@ -671,6 +681,7 @@ def train_mlnet(net: MLNet, images: Sequence[np.ndarray], targets: Sequence[np.n
     gen = torch.Generator().manual_seed(int(seed))
     history: list[dict[str, Any]] = []
     best_loss, best_state, since = float("inf"), None, 0
+    bar = tqdm(total=epochs, desc="train ML-Net", unit="epoch", disable=not progress)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(int(seed))
         for epoch in range(1, epochs + 1):
@@ -711,8 +722,11 @@ def train_mlnet(net: MLNet, images: Sequence[np.ndarray], targets: Sequence[np.n
                 log.info("ML-Net epoch %d: train %.4f, validation %.4f%s (%.0f s)", epoch,
                          total / n, val, " (best)" if improved else "",
                          history[-1]["seconds"])
+            bar.set_postfix_str(f"train loss {total / n:.4f}, val loss {val:.4f}", refresh=False)
+            bar.update()
             if since >= patience:
                 break
+    bar.close()
     if best_state is not None:
         net.load_state_dict(best_state)
     return net.eval(), history

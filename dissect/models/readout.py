@@ -314,8 +314,14 @@ class PrefixCache:
                 if stored == json.loads(json.dumps(key)):
                     break
                 if not rebuild:
+                    old = stored if isinstance(stored, dict) else {}
+                    wanted = json.loads(json.dumps(key))
+                    differ = "; ".join(
+                        f"{k}: stored {old.get(k)!r} ≠ requested {wanted.get(k)!r}"
+                        for k in sorted(set(old) | set(wanted)) if old.get(k) != wanted.get(k)
+                    ) or "no key recorded"
                     raise StaleCacheError(
-                        f"{self.path}: cache was built for {stored!r}, not for {key!r}; "
+                        f"{self.path}: cache was built for other settings — {differ}; "
                         "delete it or pass rebuild=True"
                     )
                 shutil.rmtree(self.path)

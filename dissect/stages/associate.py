@@ -41,13 +41,15 @@ def run_associate(params: Params) -> None:
         runs = [("pt", None)] + [(m, seed) for seed in common.seeds(params)
                                  for m in common.model_names(params) if common.seeded(m)]
         with common.scheduler(params) as client:
-            for model, seed in runs:
+            for n, (model, seed) in enumerate(runs, 1):
                 store = common.act_store(params, model, seed)
-                log.info("associations of %s%s", model, "" if seed is None else f", seed {seed}")
+                which = model if seed is None else f"{model} seed {seed}"
+                log.info("associations of %s (%d/%d)", which, n, len(runs))
                 assoc = associate(store, dataset, regions, image_ids=ids,
                                   drop_first=bool(d["drop_first"]),
                                   chunk_images=int(params["dask"]["chunk_images"]),
-                                  scheduler=client)
+                                  scheduler=client, progress=common.progress(params),
+                                  desc=f"associate {which} ({n}/{len(runs)})")
                 out = common.assoc_store(params, model, seed)
                 save_associations(assoc, out)
                 unit_means_table(assoc).to_csv(out.with_name(f"{out.stem}_unit_means.csv"),

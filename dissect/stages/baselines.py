@@ -58,13 +58,15 @@ def run_baselines(params: Params) -> pd.DataFrame:
     with stage_record(params.work, "baselines", {"baselines": b, "drop_first": drop}) as rec:
         dataset, _ = common.inputs(params)
         train = common.ids_of(params, "train")
-        cb = CentreBiasModel.fit(dataset, train, drop_first=drop, bins=int(b["centre_bias_bins"]))
+        cb = CentreBiasModel.fit(dataset, train, drop_first=drop, bins=int(b["centre_bias_bins"]),
+                                 progress=common.progress(params))
         save_centre_bias(cb, centre_bias_path(params))
         log.info("centre bias: bandwidth %.4f, uniform weight %.2g, LOO %.3f bits/fix over "
                  "uniform (%d training images)", cb.bandwidth, cb.mixing_weight,
                  cb.loo_log_likelihood_, len(train))
         gold_ids = train[: int(b["gold_train_images"])]
-        gold = GoldStandardModel(dataset, baseline=cb, drop_first=drop).fit(gold_ids)
+        gold = GoldStandardModel(dataset, baseline=cb, drop_first=drop).fit(
+            gold_ids, progress=common.progress(params))
         log.info("gold standard: bandwidth %.2f px, centre-bias weight %.3f, LOSO %.3f bits/fix "
                  "over uniform (%d training images)", gold.bandwidth, gold.mixing_weight,
                  gold.loo_log_likelihood_, len(gold_ids))

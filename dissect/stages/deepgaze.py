@@ -121,7 +121,7 @@ def load_grid_features(store, layers: list[str], ids: list[str], grid: tuple[int
             x = torch.from_numpy(np.asarray(data[idx].compute(), dtype=np.float32))
             parts.append(to_grid(x, grid).to(torch.float16))
         out[layer] = torch.cat(parts)
-        log.info("features %s: %s on the %dx%d grid", layer, tuple(out[layer].shape[1:2]),
+        log.info("features %s: %d channels on the %dx%d grid", layer, out[layer].shape[1],
                  *grid)
     return out
 
@@ -136,6 +136,7 @@ def layer_sets(layers: list[str]) -> list[tuple[str, list[str]]]:
 
 def run_deepgaze(params: Params) -> pd.DataFrame:
     import torch
+    from tqdm.auto import tqdm
 
     from dissect.models.deepgaze import (
         FixationCells,
@@ -204,13 +205,18 @@ def run_deepgaze(params: Params) -> pd.DataFrame:
                 return fn
 
             rows, results = [], {}
-            for label, chosen in layer_sets(layers):
+            sets = layer_sets(layers)
+            show = common.progress(params)
+            outer = tqdm(total=len(sets), desc="DeepGaze I layer sets", unit="set",
+                         disable=not show or len(sets) < 2)
+            for label, chosen in sets:
                 res = train_deepgaze(
                     get(chosen), centre, fit_ids, val_ids, fix,
                     epochs=int(d["epochs"]), lr=float(d["lr"]), l1=float(d["l1"]),
                     batch_size=int(d["batch_size"]), seed=int(d["seed"]),
                     patience=int(d["patience"]), step_size=int(d["step_size"]),
                     gamma=float(d["gamma"]), heldout_ids=heldout, device=dev,
+                    progress_bar=show, desc=f"train DeepGaze I {label}",
                 )  # fmt: skip
                 val_ll, val_ig = scores(res.model, val_ids, chosen)
                 ho_ll, ho_ig = scores(res.model, heldout, chosen)
@@ -227,6 +233,8 @@ def run_deepgaze(params: Params) -> pd.DataFrame:
                 })
                 log.info("%-10s val IG %.3f, held-out IG %.3f bits/fix (%d epochs, %.0f s)",
                          label, val_ig, ho_ig, len(res.history), rows[-1]["seconds"])
+                outer.update()
+            outer.close()
             table = pd.DataFrame(rows)
             best = str(table.loc[table["val_log_likelihood"].idxmax(), "layers"])
             table["chosen"] = table["layers"] == best

@@ -45,13 +45,17 @@ log = logging.getLogger("dissect.evaluate")
 CLASSICAL = ("itti", "gbvs", "bms", "spectral_residual", "fine_grained")
 
 
-def fit_density(model, dataset, ids: list[str], centre_bias, drop_first: bool):
-    """``model`` as a :class:`~dissect.models.density.SaliencyDensity` fitted on ``ids``."""
+def fit_density(model, dataset, ids: list[str], centre_bias, drop_first: bool, *,
+                progress: bool = False, desc: str = "density fit"):
+    """``model`` as a :class:`~dissect.models.density.SaliencyDensity` fitted on ``ids``
+    (``progress``: a tqdm bar over the images' maps, named ``desc``)."""
+    from tqdm.auto import tqdm
+
     from dissect.models.base import StimulusImage
     from dissect.models.density import SaliencyDensity, fit_saliency_density
 
     maps, fix, base = {}, {}, {}
-    for i in ids:
+    for i in tqdm(ids, desc=desc, unit="image", leave=False, disable=not progress):
         stim = StimulusImage(i, dataset.load_image(i))
         maps[i] = model.saliency_map(stim)
         fix[i] = dataset.points(i, drop_first=drop_first)
@@ -87,7 +91,8 @@ def build_models(params: Params, dataset, centre_bias, gold, *,
         if not fit:
             models[label] = model
             return
-        dm = fit_density(model, dataset, fit_ids, centre_bias, drop)
+        dm = fit_density(model, dataset, fit_ids, centre_bias, drop,
+                         progress=common.progress(params), desc=f"density fit {label}")
         t = dm.fit_table
         best = t["log_likelihood"].max()
         # still on the grid's upper edge after the fit's extensions: said, never hidden
@@ -204,7 +209,8 @@ def run_evaluate(params: Params) -> pd.DataFrame:
         try:
             with common.scheduler(params) as client:
                 kw = {} if client is not None else {"scheduler": "threads", "num_workers": 2}
-                with TqdmCallback(desc="evaluate", disable=not common.progress(params)):
+                with TqdmCallback(desc="evaluate", unit="task",
+                                  disable=not common.progress(params)):
                     parts = dask.compute(*tasks, **kw)
         finally:
             torch.set_num_threads(previous_threads)

@@ -51,7 +51,10 @@ def extract_store(params: Params, dataset, backbone, layers, store: Path, *,
             # batch's forward (bench/extraction_overhead.py: 1.03-1.08x a bare loop on 200
             # images, 1.68x with one thread)
             kw = {} if client is not None else {"scheduler": "threads", "num_workers": 2}
-            with TqdmCallback(desc=f"extract {store.stem}",
+            work = params.path(params.get("work"))  # a hand-built Params may have none
+            where = (store.relative_to(work).as_posix()
+                     if work is not None and work in store.parents else store.name)
+            with TqdmCallback(desc=f"extract {where}", unit="task",
                               disable=not common.progress(params)):
                 dask.compute(*tasks, **kw)
     return store

@@ -121,6 +121,7 @@ def checked_store(params: Params, sbb, ids: list[str]) -> Path:
 def run_implicit(params: Params) -> pd.DataFrame:
     import dask
     from threadpoolctl import threadpool_limits
+    from tqdm.dask import TqdmCallback
 
     from dissect.association import associate, save_associations
     from dissect.figures import implicit_gain_figure, save_figure
@@ -172,7 +173,8 @@ def run_implicit(params: Params) -> pd.DataFrame:
         with common.scheduler(params) as client:
             assoc = associate(store, dataset, regions, layers=layers, image_ids=heldout,
                               drop_first=drop, chunk_images=int(params["dask"]["chunk_images"]),
-                              scheduler=client)
+                              scheduler=client, progress=common.progress(params),
+                              desc="associate gradient units")
         out_assoc = common.work(params, "implicit", "assoc.zarr")
         save_associations(assoc, out_assoc)
         unit_means_table(assoc).to_csv(out_assoc.with_name("assoc_unit_means.csv"), index=False)
@@ -181,7 +183,9 @@ def run_implicit(params: Params) -> pd.DataFrame:
         tasks = [dask.delayed(_layer_statistics)(out_assoc, ly, skw) for ly in layers]
         with common.scheduler(params) as client, threadpool_limits(limits=1, user_api="blas"):
             kw_compute = {} if client is not None else {"scheduler": "threads"}
-            grad_stats = pd.concat(dask.compute(*tasks, **kw_compute), ignore_index=True)
+            with TqdmCallback(desc="gradient unit statistics", unit="task",
+                              disable=not common.progress(params)):
+                grad_stats = pd.concat(dask.compute(*tasks, **kw_compute), ignore_index=True)
         grad_stats.insert(0, "model", "pt_gradients")
         act_stats = pd.read_csv(common.results(params, "tables", "statistics",
                                                "category_statistics.csv"))

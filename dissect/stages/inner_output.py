@@ -63,7 +63,8 @@ def run_inner_output(params: Params) -> None:
                 models[label(name)] = load_model("readout", checkpoint=path, backbone=base).readout
             region_table, perf = region_output_table(
                 models, dataset, regions, ids, drop_first=bool(params["data"]["drop_first"]),
-                gt=params["gt"], progress=common.progress(params))
+                gt=params["gt"], progress=common.progress(params),
+                desc=f"readout maps, seed {seed}")
             assoc = {label(name): load_associations(common.assoc_store(params, name, seed),
                                                     [last])[last]
                      for name in names}

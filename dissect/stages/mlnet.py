@@ -32,9 +32,12 @@ def model_path(params: Params):
     return common.work(params, "mlnet", "model.pt")
 
 
-def training_data(params: Params, dataset, ids: list[str], net):
+def training_data(params: Params, dataset, ids: list[str], net, *, desc: str = "ML-Net targets"):
     """``(images, targets)`` of ``ids``: uint8 images and their fixation densities (``gt``) on
-    ``net``'s output grid. An image without fixations → :class:`DataError` naming it."""
+    ``net``'s output grid. An image without fixations → :class:`DataError` naming it. A
+    progress bar (``desc``) when ``progress`` is on."""
+    from tqdm.auto import tqdm
+
     from dissect.data.maps import density_map
     from dissect.errors import DataError
     from dissect.models.mlnet import density_target
@@ -42,7 +45,8 @@ def training_data(params: Params, dataset, ids: list[str], net):
     g = params["gt"]
     drop = bool(params["data"]["drop_first"])
     images, targets = [], []
-    for i in ids:
+    for i in tqdm(ids, desc=desc, unit="image", leave=False,
+                  disable=not common.progress(params)):
         image = dataset.load_image(i)
         points = dataset.points(i, drop_first=drop)
         if len(points) == 0:
@@ -79,16 +83,19 @@ def run_mlnet(params: Params) -> pd.DataFrame:
             dev = common.device(params)
             net = MLNet.from_backbone(bb, input_size=m["input_size"], seed=int(m["seed"]))
             net.to(dev)
-            images, targets = training_data(params, dataset, fit_ids, net)
-            val_images, val_targets = training_data(params, dataset, val_ids, net)
-            log.info("ML-Net on %s (%s trunk): %d training / %d validation images, input %s",
-                     bb.name, m["trunk"], len(fit_ids), len(val_ids), net.input_size)
+            images, targets = training_data(params, dataset, fit_ids, net,
+                                            desc="ML-Net targets (training)")
+            val_images, val_targets = training_data(params, dataset, val_ids, net,
+                                                    desc="ML-Net targets (validation)")
+            log.info("ML-Net on %s (%s trunk): %d training / %d validation images, input %dx%d",
+                     bb.name, m["trunk"], len(fit_ids), len(val_ids), *net.input_size)
             net, history = train_mlnet(
                 net, images, targets, val_images, val_targets, epochs=int(m["epochs"]),
                 batch_size=int(m["batch_size"]), patience=int(m["patience"]),
                 optimizer=str(m["optimizer"]), lr=float(m["lr"]),
                 momentum=float(m["momentum"]), decay=float(m["decay"]),
-                frozen=m["trunk"] == "frozen", seed=int(m["seed"]), log=log)
+                frozen=m["trunk"] == "frozen", seed=int(m["seed"]), log=log,
+                progress=common.progress(params))
             curve = pd.DataFrame(history)
             best = curve.loc[curve["val_loss"].idxmin()]
             meta = {"backbone": bb.name, "trunk_weights_id": bb.weights_id, "trunk": m["trunk"],

@@ -104,7 +104,8 @@ def run_mlnet_dissect(params: Params) -> pd.DataFrame:
         with common.scheduler(params) as client:
             assoc = associate(store, dataset, regions, image_ids=heldout, drop_first=drop,
                               chunk_images=int(params["dask"]["chunk_images"]),
-                              scheduler=client)
+                              scheduler=client, progress=common.progress(params),
+                              desc="associate ML-Net encoding")
         out_assoc = assoc_path(params)
         save_associations(assoc, out_assoc)
         unit_means_table(assoc).to_csv(out_assoc.with_name(f"{out_assoc.stem}_unit_means.csv"),
@@ -133,7 +134,8 @@ def run_mlnet_dissect(params: Params) -> pd.DataFrame:
         # 3. the encoding units on the pop-out arrays (Table 5's layout)
         arrays = load_set(arrays_dir(params))
         check_aspect({a.id: tuple(a.mask.shape) for a in arrays}, canvas, "pop-out arrays")
-        inner, _ = inner_unit_nmm(unit_bb, [LAYER], arrays, kw["k"], "mlnet")
+        inner, _ = inner_unit_nmm(unit_bb, [LAYER], arrays, kw["k"], "mlnet",
+                                  progress=common.progress(params))
         table5 = pd.read_csv(common.results(params, "tables", "popout", "table5_popout_layers.csv"))
         table5 = pd.concat([table5.assign(model="pt"),
                             layer_summary(inner).assign(layer=ROW)], ignore_index=True)

@@ -65,7 +65,8 @@ def run_popout(params: Params) -> None:
             [score_model(name, "classical", arrays, load_model(name).saliency_map,
                          progress=common.progress(params)) for name in p["models"]],
             ignore_index=True)
-        inner, _ = inner_unit_nmm(common.backbone(params), layers, arrays, k_top, "pt")
+        inner, _ = inner_unit_nmm(common.backbone(params), layers, arrays, k_top, "pt",
+                                  progress=common.progress(params))
         with common.replacing(common.results(params, "tables", "popout")) as out:
             _write_model_tables(per_array, out)
             write_table(layer_summary(inner).drop(columns="model"),
@@ -91,7 +92,8 @@ def deepgaze_rows(params: Params, base, arrays) -> list[pd.DataFrame]:
                       ("deepgaze_centre", {"prior": cb})):
         m = load_model("deepgaze", checkpoint=model_path(params), backbone=base, name=label,
                        device=common.device(params), **kw)
-        out.append(score_model(label, "deepgaze", arrays, m.saliency_map))
+        out.append(score_model(label, "deepgaze", arrays, m.saliency_map,
+                               progress=common.progress(params)))
     return out
 
 
@@ -104,7 +106,7 @@ def mlnet_rows(params: Params, base, arrays) -> pd.DataFrame:
 
     m = load_model("mlnet", checkpoint=model_path(params), backbone=base,
                    device=common.device(params))
-    return score_model("mlnet", "mlnet", arrays, m.saliency_map)
+    return score_model("mlnet", "mlnet", arrays, m.saliency_map, progress=common.progress(params))
 
 
 def implicit_rows(params: Params, arrays) -> list[pd.DataFrame]:
@@ -126,7 +128,8 @@ def implicit_rows(params: Params, arrays) -> list[pd.DataFrame]:
     gradcam = load_model("gradcam", backbone=bb, layer=str(params["implicit"]["gradcam_layer"]))
     return [score_model("implicit_saliency", "implicit", arrays, implicit.saliency_map,
                         progress=common.progress(params)),
-            score_model("gradcam", "gradcam", arrays, gradcam.saliency_map)]
+            score_model("gradcam", "gradcam", arrays, gradcam.saliency_map,
+                        progress=common.progress(params))]
 
 
 def run_popout_readouts(params: Params) -> None:
@@ -158,10 +161,11 @@ def run_popout_readouts(params: Params) -> None:
                                  backbone=base).readout  # the nn.Module, in eval mode
             label = common.model_label(name)
             scored.append(score_model(f"readout_{label}", "readout", arrays,
-                                      lambda image, r=readout: predict_map(r, image)))
+                                      lambda image, r=readout: predict_map(r, image),
+                                      progress=common.progress(params)))
             if common.trunk_model(name) != "pt":
                 df, _ = inner_unit_nmm(finetuned_trunk(readout, name), [last], arrays, k_top,
-                                       label)
+                                       label, progress=common.progress(params))
                 inner_k.append(df)
         scored += deepgaze_rows(params, base, arrays)
         scored.append(mlnet_rows(params, base, arrays))

@@ -36,7 +36,7 @@ def keep_trained_classes(labels, train_ids):
     missing = [c for c in labels.classes if c not in present]
     if not missing:
         return labels
-    log.warning("scene classes without training images are dropped: %s", missing)
+    log.warning("scene classes without training images are dropped: %s", ", ".join(missing))
     table = labels.table[labels.table["scene"].isin(present)].reset_index(drop=True)
     counts = labels.table["scene"].value_counts()
     dropped = pd.concat([labels.dropped, pd.DataFrame(
@@ -144,7 +144,7 @@ def one_seed(params: Params, dataset, regions, labels, fit_ids, val_ids, heldout
             hidden=[int(h) for h in sc["hidden"]], dropout=float(sc["dropout"]),
             weight_decay=float(sc["weight_decay"]), monitor=str(sc["monitor"]),
             cache_dir=common.work(params, "prefix_cache"), log_path=folder / "history.csv",
-            device=dev,
+            device=dev, progress=common.progress(params),
         )  # fmt: skip
     n_sr, n_sp = len(result.model.tune_stage_names), tuned_stage_count(sp_model)
     if n_sr != n_sp:  # the comparison is only fair when both tasks tuned the same stages
@@ -153,7 +153,7 @@ def one_seed(params: Params, dataset, regions, labels, fit_ids, val_ids, heldout
     save_scene_model(result.model, folder / "model.pt")
     acc, recall, cm, preds = evaluate_scene_model(result.model, dataset, labels, heldout,
                                                   cache_dir=common.work(params, "prefix_cache"),
-                                                  device=dev)
+                                                  device=dev, progress=common.progress(params))
     preds.to_csv(folder / "predictions.csv", index=False)
     log.info("scene seed %d: accuracy on %d held-out images %.3f", scene_seed, len(heldout), acc)
 
@@ -164,12 +164,14 @@ def one_seed(params: Params, dataset, regions, labels, fit_ids, val_ids, heldout
     extract_store(params, dataset.subset(common.ids_of(params, "heldout")), trunks["sr"],
                   [last], sr_store, device=dev)
     with common.scheduler(params) as client:
-        sr_assoc = associate(sr_store, dataset, regions, drop_first=drop_first, scheduler=client)
+        sr_assoc = associate(sr_store, dataset, regions, drop_first=drop_first, scheduler=client,
+                             progress=common.progress(params), desc="associate sr")
     save_associations(sr_assoc, folder / "assoc_sr.zarr")
 
     correct = preds.set_index("image")["correct"]
     per_image = per_image_mean_nss(trunks, dataset, heldout, correct=correct,
-                                   drop_first=drop_first, device=dev)
+                                   drop_first=drop_first, device=dev,
+                                   progress=common.progress(params))
     per_image.to_csv(folder / "mean_map_nss.csv", index=False)
     cm = cm.copy()
     cm.index.name = "true"

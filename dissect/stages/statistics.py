@@ -57,6 +57,7 @@ def statistics_kwargs(params: Params) -> dict[str, Any]:
 
 def run_statistics(params: Params) -> pd.DataFrame:
     from threadpoolctl import threadpool_limits
+    from tqdm.dask import TqdmCallback
 
     from dissect.association import load_associations
     from dissect.statistics import category_statistics
@@ -84,7 +85,9 @@ def run_statistics(params: Params) -> pd.DataFrame:
         log.info("statistics: %d (store, layer) tasks for %d seeds", len(tasks), len(seeds))
         with common.scheduler(params) as client, threadpool_limits(limits=1, user_api="blas"):
             kw_compute = {} if client is not None else {"scheduler": "threads"}
-            done = dict(zip(distinct, dask.compute(*tasks, **kw_compute), strict=True))
+            with TqdmCallback(desc="statistics", unit="task",
+                              disable=not common.progress(params)):
+                done = dict(zip(distinct, dask.compute(*tasks, **kw_compute), strict=True))
         parts = []
         for model, seed, layer in rows:
             df = done[(stores[(model, seed, layer)], layer)].copy()
@@ -105,29 +108,35 @@ def run_statistics(params: Params) -> pd.DataFrame:
             sp = common.sp_model(params)
             recorded["sp_model"] = sp
             t7, tests = task_tables(stats, {s: load_associations(p, [last]) for s, p in
-                                            srs.items()}, sp, kw, scene_seeds=pairs)
+                                            srs.items()}, sp, kw, scene_seeds=pairs,
+                                    progress=common.progress(params))
             with common.replacing(common.results(params, "tables", "task")) as out:
                 write_task_tables(t7, tests, out, kw=kw, sp=sp)
         elif task.exists():
             # without the scene stage's sr associations there is no Table 7 for these
             # statistics: tables of an earlier run must not stay beside them
             missing = [str(p) for p in srs.values() if not p.exists()]
-            log.warning("no %s (run the scene stage): removing the earlier %s", missing, task)
+            log.warning("no %s (run the scene stage): removing the earlier %s",
+                        ", ".join(missing), task)
             shutil.rmtree(task)
         rec["rows"] = len(stats)
     return stats
 
 
 def task_tables(stats: pd.DataFrame, sr: dict[int, dict], sp: str, kw: dict, *,
-                scene_seeds: dict[int, int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                scene_seeds: dict[int, int] | None = None,
+                progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 7 and its paired test for every training seed: the seed's sp readout against the
     scene model paired with it (``sr[seed]``, trained with ``scene_seeds[seed]``); both tables
-    get ``seed`` and ``scene_seed`` columns."""
+    get ``seed`` and ``scene_seed`` columns. ``progress``: a tqdm bar over the seeds."""
+    from tqdm.auto import tqdm
+
     from dissect.tables import columns_first
     from dissect.task_compare import task_statistics
 
     t7s, tests = [], []
-    for seed, assoc in sr.items():
+    for seed, assoc in tqdm(sr.items(), total=len(sr), desc="Table 7 (sp vs sr)", unit="seed",
+                            disable=not progress):
         rows = stats[(stats["model"] == "pt") | (stats["seed"] == seed)]
         t7, test = task_statistics(rows, assoc, sp, **kw)
         pair = {"seed": seed, "scene_seed": (scene_seeds or {}).get(seed, pd.NA)}

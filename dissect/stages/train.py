@@ -25,6 +25,7 @@ log = logging.getLogger("dissect.train")
 
 def run_train(params: Params) -> pd.DataFrame:
     import torch
+    from tqdm.auto import tqdm
 
     from dissect.training import split_train_val, train_readout
 
@@ -48,6 +49,11 @@ def run_train(params: Params) -> pd.DataFrame:
             curves = []
             summary = {"n_stages": len(bb.stages), "stages": bb.stage_names, "seeds": seeds,
                        "threads": threads, "runs": []}
+            show = common.progress(params)
+            n_runs = len(seeds) * len(t["ks"])
+            # one bar over the readouts (several), one per readout over its epochs
+            runs = tqdm(total=n_runs, desc="readouts", unit="readout",
+                        disable=not show or n_runs < 2)
             for seed in seeds:
                 for k in t["ks"]:
                     name = f"k{k}"
@@ -65,7 +71,7 @@ def run_train(params: Params) -> pd.DataFrame:
                         drop_first=bool(params["data"]["drop_first"]), heldout_ids=heldout,
                         cache_dir=common.work(params, "prefix_cache"),
                         log_path=folder / "history.csv", checkpoint_path=folder / "model.pt",
-                        device=dev,
+                        device=dev, progress_bar=show, desc=f"train {name} seed {seed}",
                     )  # fmt: skip
                     h = res.history.copy()
                     h.insert(0, "model", name)
@@ -80,6 +86,8 @@ def run_train(params: Params) -> pd.DataFrame:
                     })
                     log.info("%s seed %d: best validation NSS %.3f at epoch %d (%.0f s)", name,
                              seed, res.best_val_nss, res.best_epoch, h["seconds"].sum())
+                    runs.update()
+            runs.close()
             history = pd.concat(curves, ignore_index=True)
             with common.replacing(common.results(params, "tables", "training_curves.csv")) as out:
                 history.to_csv(out, index=False)
