@@ -15,6 +15,7 @@ import re
 import stat
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
@@ -78,13 +79,15 @@ def stage_record(work: Path, stage: str, params: dict[str, Any] | None = None):
 # what a stage wrote: the closing line of `dissect <stage>`
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{dotted key: leaf}`` of a nested mapping."""
-    if not isinstance(tree, dict):
-        return {prefix: tree} if prefix else {}
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{dotted key: leaf}`` of a nested mapping (an empty mapping is a leaf)."""
     out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
     return out
 
 
@@ -107,8 +110,8 @@ def stage_outputs(params: Any, stage: str) -> list[Path] | None:
     if not isinstance(spec, dict) or not spec.get("outs"):
         return None
     file = base / str(getattr(params, "file", "params.yaml"))
-    raw = _flat(yaml.safe_load(file.read_text()) or {}) if file.is_file() else {}
-    now = _flat(dict(params))
+    raw = flatten(yaml.safe_load(file.read_text()) or {}) if file.is_file() else {}
+    now = flatten(dict(params))
     moved = [(_under(base, old), _under(base, now[key])) for key, old in raw.items()
              if isinstance(old, str) and isinstance(now.get(key), str) and now[key] != old]
     out = []

@@ -340,12 +340,10 @@ def prefix_features(
     if not ids:
         return torch.zeros(0)
     t0 = time.perf_counter()
+    from dissect.models.readout import bar_callback
+
     bar = tqdm(desc="scene: frozen prefix", unit="image", leave=False, disable=not progress)
-
-    def moved(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
+    moved = bar_callback(bar)
     if cache_dir is not None:
         from dissect.models.readout import SaliencyReadout, build_prefix_cache
 

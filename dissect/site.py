@@ -173,6 +173,7 @@ class _Built:
     prof: UnitProfiles
     page_units: list[int]
     cats: np.ndarray  # canonical category of every region
+    summary: dict[str, Any] = field(default_factory=dict)  # _layer_summary
 
     @property
     def key(self) -> tuple[str, str]:
@@ -345,7 +346,9 @@ def build_site(out: Path, layers: Sequence[SiteLayer], *, dataset: Any, regions:
             _unit_index(src.assoc, u, where)
             if u not in units:
                 units.append(u)
-        built[(src.model, src.layer)] = _Built(src, prof, units, cats)
+        b = _Built(src, prof, units, cats)
+        b.summary = _layer_summary(b, 10)
+        built[(src.model, src.layer)] = b
 
     n_pages = sum(len(b.page_units) for b in built.values())
     bar = tqdm(total=n_pages, desc="site: unit pages", unit="page", disable=not progress)
@@ -355,10 +358,9 @@ def build_site(out: Path, layers: Sequence[SiteLayer], *, dataset: Any, regions:
 
     for b in built.values():
         paged = set(b.page_units)
-        summary = _layer_summary(b, 10)
         w.page(f"pages/layers/{slug(*b.key)}.html", "layer.html", b=b, rows=_layer_rows(b, paged),
-               summary=summary, heat=heat_colour, vmax=float(np.nanmax(
-                   np.append(summary["top"], 0.0))), threshold=opts.threshold,
+               summary=b.summary, heat=heat_colour, vmax=float(np.nanmax(
+                   np.append(b.summary["top"], 0.0))), threshold=opts.threshold,
                n_null=opts.n_null, top_k=opts.top_k, min_regions=opts.min_regions)
 
     model_rows = []
@@ -366,10 +368,10 @@ def build_site(out: Path, layers: Sequence[SiteLayer], *, dataset: Any, regions:
         model_rows.append(_model_page(w, mp, opts, density))
 
     groups: dict[str, list[dict[str, Any]]] = {}
-    vmax = max([float(np.nanmax(np.append(_layer_summary(b, 10)["top"], 0.0)))
+    vmax = max([float(np.nanmax(np.append(b.summary["top"], 0.0)))
                 for b in built.values()] + [1.0])
     for b in built.values():
-        s = _layer_summary(b, 10)
+        s = b.summary
         t = b.prof.table
         groups.setdefault(b.src.group, []).append({
             "model": b.src.model_label, "layer": b.src.layer, "units": len(t),
@@ -395,11 +397,16 @@ def build_site(out: Path, layers: Sequence[SiteLayer], *, dataset: Any, regions:
                        n_bytes=sum(p.stat().st_size for p in files))
 
 
+def _range(values: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite values: one colour scale; (0, 1) when there are none."""
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+
+
 def _image_row(w: _Writer, maps: np.ndarray, picks: Sequence[tuple[str, int, float]],
                name: str) -> tuple[list[dict[str, Any]], float, float]:
     """Overlays of one row (one colour scale over the row's maps): rel paths and captions."""
-    finite = maps[np.isfinite(maps)]
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    vmin, vmax = _range(maps)
     cells = []
     drop = w.opts.drop_first
     for amap, (image_id, rid, value) in zip(maps, picks, strict=True):
@@ -433,33 +440,34 @@ def _unit_pages(w: _Writer, b: _Built, built: Mapping[tuple[str, str], _Built],
     if src.before and before is None:
         raise DataError(where, f"its 'before' layer {src.before[0]}/{src.before[1]} is not "
                                "among the dissected layers")
-    before_maps = None
-    if before is not None and before.src.maps is not None and images:
-        before_maps = before.src.maps(images, units)
+    before_maps = bt = col = None
+    if before is not None:
+        bt = before.prof.table.set_index("unit")
+        # the before layer's region columns by (image, region id)
+        col = {(str(i), int(r)): k for k, (i, r) in enumerate(zip(
+            before.src.assoc["image"].values, before.src.assoc["region_id"].values,
+            strict=True))}
+        if before.src.maps is not None and images:
+            before_maps = before.src.maps(images, units)
     pop = _popout_nmm(src, units, arrays)
     for u in b.page_units:
         name = slug(src.model, src.layer, u)
         row = t.loc[u].to_dict()
         ps = picks[u]
+        ui = _unit_index(src.assoc, u, where)
+        bi = (_unit_index(before.src.assoc, u, f"{src.before[0]}/{src.before[1]}")
+              if before is not None else None)  # a unit missing there: DataError
         cells, vmin, vmax = [], np.nan, np.nan
         cells_before, bmin, bmax = [], np.nan, np.nan
         if ps and maps is not None:
             sel = np.array([images.index(p[0]) for p in ps])
             cells, vmin, vmax = _image_row(w, maps[sel, units.index(u)], ps, name)
-            if before_maps is not None and before is not None:
-                bi = _unit_index(before.src.assoc, u, f"{src.before[0]}/{src.before[1]}")
-                col = {(str(i), int(r)): k for k, (i, r) in enumerate(zip(
-                    before.src.assoc["image"].values, before.src.assoc["region_id"].values,
-                    strict=True))}
+            if before_maps is not None and bi is not None:
                 bps = [(i, r, float(before.src.assoc.values[bi, col[(i, r)]])
                         if (i, r) in col else np.nan) for i, r, _ in ps]
                 cells_before, bmin, bmax = _image_row(
                     w, before_maps[sel, units.index(u)], bps,
                     slug(before.src.model, before.src.layer, u) + "--for--" + slug(src.model))
-        ui = _unit_index(src.assoc, u, where)
-        bt = before.prof.table.set_index("unit") if before is not None else None
-        bi = (_unit_index(before.src.assoc, u, f"{src.before[0]}/{src.before[1]}")
-              if bt is not None and u in bt.index else None)
         # after and before side by side: one axis, so the bars compare
         scale = [prof.means[ui], prof.band_low[ui], prof.band_high[ui]]
         if bi is not None:
@@ -524,8 +532,7 @@ def _popout_cells(w: _Writer, src: SiteLayer, unit: int, units: Sequence[int],
         maps = src.popout_maps()
         col = _unit_index(src.assoc, unit)
         row = np.stack([maps[i][col] for i in order]) if order else np.zeros((0, 1, 1))
-        finite = row[np.isfinite(row)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        lo, hi = _range(row)
         cells = []
         for i in order:
             a = arrays[i]
@@ -568,8 +575,7 @@ def _coloured(w: _Writer, image_id: str, amap: np.ndarray, rel: str, points: boo
     amap = np.asarray(amap(image_id) if callable(amap) else amap, dtype=np.float64)
     if amap.shape != size:
         raise DataError(rel, f"image {image_id}: the map is {amap.shape}, the image {size}")
-    finite = amap[np.isfinite(amap)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    lo, hi = _range(amap)
     pts = w.dataset.points(image_id, drop_first=w.opts.drop_first) if points else None
     rgb = overlay(w.thumb(image_id), amap, lo, hi, image_size=size, points=pts)
     w.jpeg(rel, rgb)

@@ -250,12 +250,15 @@ def _permuted_labels(
 
 
 def _null_means(
-    X: np.ndarray, D: np.ndarray, perms: np.ndarray, K: int, dense_d: bool, chunk: int = 32
-) -> np.ndarray:
-    """Category means under permuted labels: array (B, units, K), by stacked one-hot products."""
+    X: np.ndarray, D: np.ndarray, perms: np.ndarray, K: int, dense_d: bool, chunk: int = 32,
+    *, counts: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Category means under permuted labels: array (B, units, K), by stacked one-hot products;
+    with ``counts``, also the defined regions behind each mean (same shape)."""
     B, R = perms.shape
     U = X.shape[0]
     out = np.empty((B, U, K))
+    n_out = np.empty((B, U, K)) if counts else None
     rows = np.arange(R)
     for start in range(0, B, chunk):
         stop = min(start + chunk, B)
@@ -268,7 +271,9 @@ def _null_means(
         else:
             den = D @ C
         out[start:stop] = _ratio(num, den).reshape(U, b, K).transpose(1, 0, 2)
-    return out
+        if n_out is not None:
+            n_out[start:stop] = np.asarray(den).reshape(U, b, K).transpose(1, 0, 2)
+    return out if n_out is None else (out, n_out)
 
 
 def _stats_of(means: np.ndarray, k: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:

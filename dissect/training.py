@@ -46,6 +46,7 @@ from dissect.models.readout import (
     SaliencyReadout,
     Setup,
     _load_inputs,
+    bar_callback,
     build_prefix_cache,
     save_readout,
 )
@@ -177,16 +178,6 @@ def evaluate_nss(
         total += -float(nss_loss(maps, *targets.batch(chunk))) * len(chunk)
     model.train(was)
     return total / len(ids)
-
-
-def _bar_callback(bar: Any) -> Callable[[int, int], None]:
-    """A ``progress(done, total)`` callback that moves a tqdm bar."""
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    return update
 
 
 def _optimizer(
@@ -359,7 +350,7 @@ def train_readout(
                       disable=not progress_bar) as cache_bar:
                 cache, _ = build_prefix_cache(
                     model, dataset, train_ids + val_ids, cache_dir, start=start,
-                    batch_size=max(batch_size, 8), progress=_bar_callback(cache_bar),
+                    batch_size=max(batch_size, 8), progress=bar_callback(cache_bar),
                 )
             cache_seconds = time.perf_counter() - t0
         feats = _Features(model, dataset, start, cache, train_ids + val_ids, max_cache_memory,

@@ -117,12 +117,8 @@ def unit_profiles(assoc: xr.DataArray, *, threshold: float, n_null: int, seed: i
     rng_null, _ = np.random.default_rng(seed).spawn(2)
     perms = _permuted_labels(rng_null, p.labels[used], p.images[used], n_null, null)
     X, D = p.X[:, used], p.D[:, used]
-    null_means = _null_means(X, D, perms, K, dense_d=bool(D.all()))  # (B, U, K)
-    if min_regions > 1:
-        null_def = np.empty(null_means.shape)
-        for b in range(n_null):
-            null_def[b] = D @ _one_hot(perms[b], K)
-        null_means = np.where(null_def >= min_regions, null_means, np.nan)
+    null_means, null_def = _null_means(X, D, perms, K, dense_d=bool(D.all()), counts=True)
+    null_means = np.where(null_def >= min_regions, null_means, np.nan)  # (B, U, K)
 
     ranked = np.where(eligible, means, np.nan)
     defined = np.isfinite(ranked).any(axis=1)

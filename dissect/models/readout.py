@@ -57,6 +57,7 @@ __all__ = [
     "SaliencyReadout",
     "PrefixCache",
     "cache_key",
+    "bar_callback",
     "build_prefix_cache",
     "image_fingerprint",
     "save_readout",
@@ -400,6 +401,17 @@ def _load_inputs(model: SaliencyReadout, dataset: Any, ids: Sequence[str]) -> to
         x = model.backbone.preprocess(dataset.load_image(i))
         xs.append(x if x.dim() == 4 else x[None])
     return torch.cat(xs).to(torch.float32)
+
+
+def bar_callback(bar: Any) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback (:func:`build_prefix_cache`'s protocol) that moves
+    a tqdm bar to ``done`` of ``total``."""
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return update
 
 
 def build_prefix_cache(

@@ -62,13 +62,6 @@ def statistics_kwargs(params: Params) -> dict:
             "chunk_size": int(params["implicit"]["chunk_size"])}
 
 
-def _layer_statistics(store: Path, layer: str, kw: dict) -> pd.DataFrame:
-    from dissect.association import load_associations
-    from dissect.statistics import category_statistics
-
-    return category_statistics(load_associations(store, [layer]), **kw)
-
-
 def run_extract_implicit(params: Params) -> Path:
     """Stage ``extract-implicit``: µ and V of the class gradients at every layer of
     ``implicit.layers`` for the held-out images → ``work/act/implicit.zarr`` (float32, one
@@ -130,6 +123,7 @@ def run_implicit(params: Params) -> pd.DataFrame:
     from dissect.models.base import load_model
     from dissect.models.implicit import statistics_backbone
     from dissect.stages.associate import unit_means_table
+    from dissect.stages.statistics import layer_statistics
     from dissect.stages.statistics import statistics_kwargs as stats_kwargs
     from dissect.tables import write_table
 
@@ -180,7 +174,7 @@ def run_implicit(params: Params) -> pd.DataFrame:
         unit_means_table(assoc).to_csv(out_assoc.with_name("assoc_unit_means.csv"), index=False)
         skw = stats_kwargs(params)
         # one Dask task per layer, as the statistics stage does for the activation units
-        tasks = [dask.delayed(_layer_statistics)(out_assoc, ly, skw) for ly in layers]
+        tasks = [dask.delayed(layer_statistics)(out_assoc, ly, skw) for ly in layers]
         with common.scheduler(params) as client, threadpool_limits(limits=1, user_api="blas"):
             kw_compute = {} if client is not None else {"scheduler": "threads"}
             with TqdmCallback(desc="gradient unit statistics", unit="task",

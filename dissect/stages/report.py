@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 from dissect.config import Params
+from dissect.provenance import flatten
 from dissect.stages import common
 
 log = logging.getLogger("dissect.report")
@@ -278,21 +279,10 @@ def provenance_lines(records: Mapping[str, dict], order: list[str] | None,
         lines += ["Package versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     lines += ["Parameters each stage recorded (its provenance record's `params`):", ""]
     for s in listed:
-        flat = _flatten(records[s].get("params") or {})
+        flat = flatten(records[s].get("params") or {})
         lines.append(f"- `{s}`: " + (", ".join(f"`{k}` = {_value(v)}" for k, v in flat.items())
                                      if flat else "none"))
     return lines + [""]
-
-
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _value(v: Any) -> str:

@@ -55,12 +55,20 @@ def statistics_kwargs(params: Params) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def layer_statistics(store: Path, layer: str, kw: dict) -> pd.DataFrame:
+    """Category statistics of one layer of an association store (one Dask task of this stage
+    and of ``implicit``)."""
+    from dissect.association import load_associations
+    from dissect.statistics import category_statistics
+
+    return category_statistics(load_associations(store, [layer]), **kw)
+
+
 def run_statistics(params: Params) -> pd.DataFrame:
     from threadpoolctl import threadpool_limits
     from tqdm.dask import TqdmCallback
 
     from dissect.association import load_associations
-    from dissect.statistics import category_statistics
 
     kw = statistics_kwargs(params)
     top = f"top{kw['k']}_mean"
@@ -71,9 +79,6 @@ def run_statistics(params: Params) -> pd.DataFrame:
         last = layers_pt[-1]
         n_stages = int(common.read_json(params, "train", "summary.json")["n_stages"])
 
-        def one(store: Path, layer: str) -> pd.DataFrame:
-            return category_statistics(load_associations(store, [layer]), **kw)
-
         # the (model, seed, layer) rows; setup I's units are the pretrained ones for every seed
         rows = [("pt", None, layer) for layer in layers_pt]
         rows += [(model, seed, last) for seed in seeds for model in common.model_names(params)[1:]]
@@ -81,7 +86,7 @@ def run_statistics(params: Params) -> pd.DataFrame:
         # one Dask task per distinct (store, layer): each reads its association array and
         # reduces it; BLAS single-threaded, the tasks are the parallelism
         distinct = list(dict.fromkeys((stores[r], r[2]) for r in rows))
-        tasks = [dask.delayed(one)(store, layer) for store, layer in distinct]
+        tasks = [dask.delayed(layer_statistics)(store, layer, kw) for store, layer in distinct]
         log.info("statistics: %d (store, layer) tasks for %d seeds", len(tasks), len(seeds))
         with common.scheduler(params) as client, threadpool_limits(limits=1, user_api="blas"):
             kw_compute = {} if client is not None else {"scheduler": "threads"}
